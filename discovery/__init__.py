@@ -1,0 +1,1 @@
+"""discovery: Docker -> Consul -> HAProxy, dynamic load balancing for containers."""

@@ -1,0 +1,186 @@
+"""The Consul side of the watcher: follow the catalog with blocking queries.
+
+One loop, `follow_index`, implements Consul's blocking-query rules for every endpoint; `Catalog`
+runs one of them on `/v1/catalog/services` and one per opted-in service on
+`/v1/health/service/<name>?passing`, and publishes a complete snapshot whenever one changes.
+A snapshot is published only once every opted-in service has answered at least once, so a
+half-known catalog never reaches HAProxy; while Consul cannot be asked, nothing is published
+and the last good state stays in force ("cannot ask" is not "none").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import consul.aio
+from consul.exceptions import ConsulException
+
+from discovery.model import CatalogEntry, ConsulAddress, Instance, InvalidValue
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Failures worth retrying: Consul down, restarting, electing a leader, or refusing our token
+# (an operator may fix the token; exiting would leave HAProxy unmanaged).
+TRANSIENT = (aiohttp.ClientError, OSError, TimeoutError, ConsulException)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRules:
+    """How the blocking-query loop behaves (seconds)."""
+
+    wait: float = 55.0  # below Consul's 10 min cap; Consul adds up to wait/16 of jitter
+    min_interval: float = 0.05  # pause after a wake-up that brought no new index
+    backoff_base: float = 0.2
+    backoff_max: float = 5.0
+
+    @property
+    def client_timeout(self) -> float:
+        # Consul may hold a query for wait + wait/16; give the network a margin beyond that.
+        return self.wait * 17 / 16 + 10.0
+
+    def backoff(self, failures: int) -> float:
+        """Exponential backoff with equal jitter, so that watchers do not retry in step."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(failures - 1, 16))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def next_index(previous: int, returned: int) -> int:
+    """The index to send next, by Consul's documented rules for blocking queries."""
+    if returned < previous:
+        return 0  # the index went backwards (snapshot restore, new cluster): start over
+    if returned < 1:
+        return 1  # an index of 0 would make every query return at once: never send it back
+    return returned
+
+
+async def follow_index(
+    fetch: Callable[[int], Awaitable[tuple[int, T]]], what: str, rules: QueryRules
+) -> AsyncIterator[T]:
+    """Yield the result of `fetch` each time it changes; retry failures with backoff for ever."""
+    index, failures = 0, 0
+    last: Any = object()
+    while True:
+        try:
+            returned, data = await fetch(index)
+        except TRANSIENT as error:
+            failures += 1
+            delay = rules.backoff(failures)
+            level = logging.WARNING if failures == 1 or failures % 20 == 0 else logging.DEBUG
+            log.log(level, "%s: Consul unreachable (%s); retry %d in %.1fs, keeping the last known state",
+                    what, _describe(error), failures, delay)
+            await asyncio.sleep(delay)
+            continue
+        if failures:
+            log.info("%s: Consul answers again after %d failed attempt(s)", what, failures)
+            failures = 0
+        woke_without_change = returned == index
+        index = next_index(index, returned)
+        if data != last:
+            last = data
+            yield data
+        elif woke_without_change:
+            await asyncio.sleep(rules.min_interval)  # no tight loop on spurious wake-ups
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def parse_instances(name: str, entries: list[dict[str, Any]]) -> tuple[tuple[Instance, ...], list[str]]:
+    """Instances from `/v1/health/service/<name>`, plus the reason each refused entry was refused."""
+    instances: list[Instance] = []
+    refused: list[str] = []
+    for entry in entries or []:
+        service = entry.get("Service") or {}
+        node = entry.get("Node") or {}
+        # An empty service address means "the node's address" in Consul's catalog.
+        addr = service.get("Address") or node.get("Address") or ""
+        try:
+            instances.append(Instance(name, str(service.get("ID", "")), addr, service.get("Port", 0)))
+        except InvalidValue as error:
+            refused.append(f"instance {service.get('ID')!r}: {error}")
+    return tuple(instances), refused
+
+
+class Catalog:
+    """Follows Consul and calls `publish` with every new complete snapshot."""
+
+    def __init__(
+        self,
+        client: consul.aio.Consul,
+        opted_in: Callable[[frozenset[str]], bool],
+        publish: Callable[[tuple[CatalogEntry, ...], str], None],
+        rules: QueryRules = QueryRules(),
+    ) -> None:
+        self.client = client
+        self.opted_in = opted_in
+        self.publish = publish
+        self.rules = rules
+        self._tags: dict[str, frozenset[str]] = {}
+        self._instances: dict[str, tuple[Instance, ...]] = {}
+        self._refused: dict[str, list[str]] = {}
+
+    async def run(self) -> None:
+        followers: dict[str, asyncio.Task[None]] = {}
+        async with asyncio.TaskGroup() as group:
+            async for services in follow_index(self._fetch_services, "catalog", self.rules):
+                wanted = {name: frozenset(tags or ()) for name, tags in services.items()}
+                wanted = {name: tags for name, tags in wanted.items() if self.opted_in(tags)}
+                for gone in followers.keys() - wanted.keys():
+                    followers.pop(gone).cancel()
+                    self._instances.pop(gone, None)
+                    self._refused.pop(gone, None)
+                self._tags = wanted
+                for name in sorted(wanted.keys() - followers.keys()):
+                    followers[name] = group.create_task(self._follow_service(name), name=f"health:{name}")
+                self._publish("catalog changed")
+
+    async def _fetch_services(self, index: int) -> tuple[int, dict[str, list[str]]]:
+        returned, services = await self.client.catalog.services(index=index or None, wait=self._wait)
+        return int(returned), services or {}
+
+    async def _follow_service(self, name: str) -> None:
+        async def fetch(index: int) -> tuple[int, list[dict[str, Any]]]:
+            returned, entries = await self.client.health.service(
+                name, index=index or None, wait=self._wait, passing=True
+            )
+            return int(returned), entries or []
+
+        async for entries in follow_index(fetch, f"service {name}", self.rules):
+            instances, refused = parse_instances(name, entries)
+            if refused != self._refused.get(name):
+                for reason in refused:
+                    log.warning("service %s: not routing %s", name, reason)
+            self._refused[name] = refused
+            self._instances[name] = instances
+            self._publish(f"health of {name} changed")
+
+    @property
+    def _wait(self) -> str:
+        return f"{self.rules.wait:g}s"
+
+    def _publish(self, reason: str) -> None:
+        if not self._tags.keys() <= self._instances.keys():
+            return  # some service has not answered yet: a partial view would drop its servers
+        snapshot = tuple(
+            CatalogEntry(name, tags, self._instances[name]) for name, tags in sorted(self._tags.items())
+        )
+        self.publish(snapshot, reason)
+
+
+def connect(address: ConsulAddress, token: str | None, timeout: float) -> consul.aio.Consul:
+    """A Consul client; must be created inside the running event loop (aiohttp's rule)."""
+    return consul.aio.Consul(
+        host=address.host,
+        port=address.port,
+        scheme=address.scheme,
+        token=token or None,
+        connections_timeout=timeout,
+    )

@@ -1,0 +1,91 @@
+"""What every command-line entry point shares: flags that fall back to environment variables,
+logging set-up, and one place that turns SIGTERM/SIGINT into a clean shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
+
+
+class EnvParser(argparse.ArgumentParser):
+    """An ArgumentParser whose options read their default from an environment variable."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def option(self, *flags: str, env: str, default: Any = None, type: Callable[[str], Any] = str,
+               help: str, **kwargs: Any) -> None:
+        raw = os.environ.get(env)
+        if raw is not None and raw != "":
+            try:
+                default = type(raw)
+            except (TypeError, ValueError) as error:
+                self.error(f"environment variable {env}={raw!r}: {error}")
+        shown = f"{default}" if default not in (None, "") else "none"
+        self.add_argument(*flags, default=default, type=type, help=f"{help} [env {env}; default {shown}]",
+                          **kwargs)
+
+    def switch(self, *flags: str, env: str, help: str) -> None:
+        raw = os.environ.get(env, "").strip().lower()
+        if raw not in ("", "0", "1", "true", "false", "yes", "no"):
+            self.error(f"environment variable {env}={raw!r}: want true or false")
+        self.add_argument(*flags, action="store_true", default=raw in ("1", "true", "yes"),
+                          help=f"{help} [env {env}]")
+
+
+def positive_seconds(text: str) -> float:
+    """Seconds as `1.5`, `250ms`, `2s` or `1m`."""
+    value = text.strip().lower()
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if value.endswith(suffix):
+            number = float(value.removesuffix(suffix)) * scale
+            break
+    else:
+        number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"{text!r} is not a non-negative duration")
+    return number
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run `main` until it returns or a SIGTERM/SIGINT arrives, which cancels it cleanly."""
+
+    async def supervised() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        stopping = False
+
+        def stop(signum: int) -> None:
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                logging.getLogger("discovery").info("%s received: stopping", signal.Signals(signum).name)
+                task.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await main()
+        except asyncio.CancelledError:
+            if stopping:
+                return EXIT_OK
+            raise
+
+    return asyncio.run(supervised())

@@ -1,0 +1,219 @@
+"""Value types shared by the registrator and the watcher.
+
+Everything that reaches a value here came from outside (Docker labels, Consul's catalog) and
+ends up in haproxy.cfg, so each type refuses bad values at construction: parse, don't validate
+later. A value that does not fit raises `InvalidValue` with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+# Consul service names that are also DNS labels (Consul warns on anything else) and HAProxy
+# identifiers: letters, digits, '-', '_', '.'; at most 63 characters.
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+# HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+# Path prefixes end up inside an ACL: no spaces, quotes, '#', backslashes or control characters.
+_PATH_PREFIX = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
+# Tags are free text in Consul; we keep only those that could be written safely.
+_TAG = re.compile(r"^[A-Za-z0-9_.:=/,-]{1,128}$")
+
+
+class InvalidValue(ValueError):
+    """A value from outside does not fit the grammar HAProxy and Consul accept."""
+
+
+def service_name(value: str) -> str:
+    if not isinstance(value, str) or not _SERVICE_NAME.match(value):
+        raise InvalidValue(f"service name {value!r}: want 1-63 of [A-Za-z0-9_.-], alphanumeric at both ends")
+    return value
+
+
+def port(value: int | str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidValue(f"port {value!r}: not an integer") from None
+    if isinstance(value, bool) or not 1 <= number <= 65535:
+        raise InvalidValue(f"port {value!r}: want 1-65535")
+    return number
+
+
+def address(value: str) -> str:
+    try:
+        parsed = ipaddress.ip_address(value)
+    except (TypeError, ValueError):
+        raise InvalidValue(f"address {value!r}: not an IPv4 or IPv6 address") from None
+    if parsed.is_unspecified or parsed.is_multicast:
+        raise InvalidValue(f"address {value!r}: not a unicast address")
+    return str(parsed)
+
+
+def tag(value: str) -> str:
+    if not isinstance(value, str) or not _TAG.match(value):
+        raise InvalidValue(f"tag {value!r}: want 1-128 of [A-Za-z0-9_.:=/,-]")
+    return value
+
+
+def hostname(value: str) -> str:
+    lowered = value.lower() if isinstance(value, str) else value
+    if not isinstance(lowered, str) or not _HOSTNAME.match(lowered):
+        raise InvalidValue(f"host {value!r}: not a DNS host name")
+    return lowered
+
+
+def path_prefix(value: str) -> str:
+    if not isinstance(value, str) or not _PATH_PREFIX.match(value):
+        raise InvalidValue(f"path {value!r}: want '/' then up to 200 of [A-Za-z0-9._~/-]")
+    return value
+
+
+def server_name(instance_id: str) -> str:
+    """A stable HAProxy server name for a Consul service ID.
+
+    Derived from the instance, never from a counter, so logs, stats rows and cookies keep
+    meaning across restarts. IDs HAProxy would refuse are replaced by a short digest.
+    """
+    if _SERVER_NAME.match(instance_id):
+        return instance_id
+    return "id-" + hashlib.sha256(instance_id.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Instance:
+    """One passing instance of a service: what becomes one `server` line."""
+
+    service: str
+    id: str
+    address: str
+    port: int
+
+    def __post_init__(self) -> None:
+        service_name(self.service)
+        if not isinstance(self.id, str) or not 1 <= len(self.id) <= 256:
+            raise InvalidValue(f"instance id {self.id!r}: want 1-256 characters")
+        object.__setattr__(self, "address", address(self.address))
+        object.__setattr__(self, "port", port(self.port))
+
+    @property
+    def server_name(self) -> str:
+        return server_name(self.id)
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Route:
+    """Requests for `host` (any host when None) under `path` go to a service."""
+
+    host: str | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.host is None and self.path is None:
+            raise InvalidValue("route: want a host, a path, or both")
+        if self.host is not None:
+            object.__setattr__(self, "host", hostname(self.host))
+        if self.path is not None:
+            object.__setattr__(self, "path", path_prefix(self.path))
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A load-balanced service: one HAProxy backend."""
+
+    name: str
+    instances: tuple[Instance, ...] = ()
+    routes: tuple[Route, ...] = ()
+    is_default: bool = False
+
+    def __post_init__(self) -> None:
+        service_name(self.name)
+        for instance in self.instances:
+            if instance.service != self.name:
+                raise InvalidValue(f"instance {instance.id!r} belongs to {instance.service!r}, not {self.name!r}")
+        # Canonical order so that equal states render to equal bytes.
+        object.__setattr__(self, "instances", tuple(sorted(set(self.instances))))
+        object.__setattr__(self, "routes", tuple(sorted(set(self.routes), key=_route_key)))
+        names = [i.server_name for i in self.instances]
+        if len(names) != len(set(names)):
+            raise InvalidValue(f"service {self.name!r}: two instances map to one server name")
+
+    @property
+    def backend(self) -> str:
+        return f"be_{self.name}"
+
+
+def _route_key(route: Route) -> tuple[str, str]:
+    return (route.host or "", route.path or "")
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """Everything the load balancer should serve, in canonical order."""
+
+    services: tuple[Service, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.services, key=lambda s: s.name))
+        names = [s.name for s in ordered]
+        if len(names) != len(set(names)):
+            raise InvalidValue("desired state: a service appears twice")
+        if sum(s.is_default for s in ordered) > 1:
+            raise InvalidValue("desired state: more than one default service")
+        object.__setattr__(self, "services", ordered)
+
+    @property
+    def default(self) -> Service | None:
+        return next((s for s in self.services if s.is_default), None)
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    @property
+    def instance_count(self) -> int:
+        return sum(len(s.instances) for s in self.services)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """What Consul says of one service: its tags, and its passing instances."""
+
+    name: str
+    tags: frozenset[str] = frozenset()
+    instances: tuple[Instance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulAddress:
+    """Where Consul's HTTP API listens: `http://host:port`, `https://host:port` or `host:port`."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ConsulAddress:
+        scheme, sep, rest = text.strip().rpartition("://")
+        scheme = scheme if sep else "http"
+        if scheme not in ("http", "https"):
+            raise InvalidValue(f"Consul address {text!r}: scheme must be http or https")
+        host, _, number = rest.rstrip("/").rpartition(":") if ":" in rest else (rest, "", "8500")
+        host = host.strip("[]")
+        if not host or not re.fullmatch(r"[A-Za-z0-9._:-]{1,253}", host):
+            raise InvalidValue(f"Consul address {text!r}: want [http(s)://]host[:port]")
+        return cls(scheme, host, port(number or "8500"))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"

@@ -1,0 +1,90 @@
+"""haproxy.cfg from a desired state, through a Jinja2 template.
+
+The shipped template is `discovery/templates/haproxy.cfg.j2`; a user's own template replaces it
+by path. Values reaching the template were validated by `discovery.model`; the environment is
+strict on top of that (an undefined name is an error, not an empty string) and the `quote`
+filter is there for templates that print free text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jinja2
+
+from discovery.model import DesiredState, Route, Service
+
+DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "haproxy.cfg.j2"
+
+
+class TemplateError(Exception):
+    """The template could not be loaded or rendered; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class RenderSettings:
+    """Settings of the HAProxy process that the template needs besides the services."""
+
+    http_bind: str = ":80"
+    stats_bind: str = ":1936"
+    stats_uri: str = "/"
+    runtime_socket: str = "/run/haproxy/admin.sock"
+    user: str | None = None
+    group: str | None = None
+    maxconn: int = 4096
+
+
+def quote(value: object) -> str:
+    """Quote a string the way HAProxy's config parser reads double-quoted words."""
+    text = str(value)
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError("refusing to quote a value with a line break or NUL")
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def ordered_routes(state: DesiredState) -> list[tuple[Route, Service]]:
+    """Routes in the order HAProxy must test them: the most specific first.
+
+    `use_backend` rules are evaluated top to bottom, so host+path beats path beats host, and a
+    longer path beats a shorter one.
+    """
+    pairs = [(route, service) for service in state.services for route in service.routes]
+    return sorted(
+        pairs,
+        key=lambda p: (p[0].path is None, p[0].host is None, -len(p[0].path or ""), p[0].host or "", p[1].name),
+    )
+
+
+class Renderer:
+    """Loads the template on every render so that an edited template is picked up live."""
+
+    def __init__(self, template: Path = DEFAULT_TEMPLATE) -> None:
+        self.template = template
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(template.parent)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,  # HTML escaping means nothing to HAProxy; values are validated instead
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=True,
+        )
+        self._env.filters["quote"] = quote
+
+    def render(self, state: DesiredState, settings: RenderSettings) -> str:
+        try:
+            template = self._env.get_template(self.template.name)
+            return template.render(
+                services=state.services,
+                routes=ordered_routes(state),
+                default=state.default,
+                settings=asdict(settings),
+            )
+        except jinja2.TemplateSyntaxError as error:
+            raise TemplateError(f"{self.template}:{error.lineno}: {error.message}") from error
+        except jinja2.TemplateNotFound as error:
+            raise TemplateError(f"{self.template}: template not found") from error
+        except (jinja2.TemplateError, ValueError, TypeError, OSError) as error:
+            raise TemplateError(f"{self.template}: {type(error).__name__}: {error}") from error

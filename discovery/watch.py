@@ -1,0 +1,387 @@
+"""The watcher: Consul catalog → coalesce → plan → render → validate → write → reload.
+
+    python -m discovery.watch [options]
+
+With no flags it follows the local Consul agent, writes /etc/haproxy/haproxy.cfg and reloads
+the HAProxy that Debian's service runs (master socket /run/haproxy-master.sock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from discovery import cli
+from discovery.catalog import Catalog, QueryRules, connect
+from discovery.desired import RoutingPolicy, desired_state
+from discovery.haproxy import (
+    ConfigInvalid,
+    HAProxyError,
+    ManagedHAProxy,
+    MasterCLI,
+    ReloadFailed,
+    validate,
+    write_atomic,
+)
+from discovery.model import CatalogEntry, ConsulAddress, DesiredState, InvalidValue
+from discovery.plan import Change, diff
+from discovery.render import DEFAULT_TEMPLATE, Renderer, RenderSettings, TemplateError
+
+log = logging.getLogger("discovery.watch")
+
+EXIT_INVALID_CONFIG = 3
+EXIT_NO_CONSUL = 4
+RETRY_FAILED_APPLY = 5.0  # seconds before a failed apply is tried again with the newest state
+
+
+@dataclass(frozen=True, slots=True)
+class WatcherConfig:
+    consul: ConsulAddress = field(default_factory=lambda: ConsulAddress.parse("http://127.0.0.1:8500"))
+    token: str | None = None
+    policy: RoutingPolicy = field(default_factory=RoutingPolicy)
+    template: Path = DEFAULT_TEMPLATE
+    output: Path = Path("/etc/haproxy/haproxy.cfg")
+    haproxy_bin: str = "haproxy"
+    master_socket: Path = Path("/run/haproxy-master.sock")
+    manage_haproxy: bool = False
+    render: RenderSettings = field(default_factory=RenderSettings)
+    rules: QueryRules = field(default_factory=QueryRules)
+    wait_min: float = 0.2
+    wait_max: float = 2.0
+    once: bool = False
+    dry_run: bool = False
+    once_timeout: float = 30.0
+
+
+def apply_at(first: float, last: float, applied: float | None, wait_min: float, wait_max: float) -> float:
+    """When to apply pending changes (monotonic seconds): min/max quiescence with a leading edge.
+
+    The first change after a quiet period goes out at once, so a lone change costs no latency;
+    changes arriving within `wait_min` of an apply are batched until things stay quiet for
+    `wait_min`, but never held longer than `wait_max` after the first of them.
+    """
+    if applied is None or first - applied >= wait_min:
+        return first
+    return min(last + wait_min, first + wait_max)
+
+
+class Mailbox:
+    """The newest catalog snapshot and why it changed; a burst of puts is read as one."""
+
+    def __init__(self) -> None:
+        self.snapshot: tuple[CatalogEntry, ...] | None = None
+        self.reasons: list[str] = []
+        self.first = self.last = 0.0
+        self.changed = asyncio.Event()
+        self.arrived = asyncio.Event()  # set by every put; lets a waiter extend its quiet period
+
+    def put(self, snapshot: tuple[CatalogEntry, ...] | None, reason: str) -> None:
+        now = time.monotonic()
+        if not self.changed.is_set():
+            self.first = now
+        self.last = now
+        if snapshot is not None:
+            self.snapshot = snapshot
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        self.changed.set()
+        self.arrived.set()
+
+    def take(self) -> tuple[tuple[CatalogEntry, ...] | None, list[str]]:
+        reasons, self.reasons = self.reasons, []
+        self.changed.clear()
+        return self.snapshot, reasons
+
+
+class Applier:
+    """Turns a desired state into the running HAProxy's configuration, keeping the last good."""
+
+    def __init__(self, config: WatcherConfig, haproxy: MasterCLI | None) -> None:
+        self.config = config
+        self.renderer = Renderer(config.template)
+        self.haproxy = haproxy
+        self.applied: DesiredState | None = None
+        self.loaded: str | None = None  # the text HAProxy is known to run
+
+    async def adopt_running(self) -> None:
+        """After a watcher restart, HAProxy already runs the file on disk: do not reload it again."""
+        if self.haproxy is None or not self.config.output.exists():
+            return
+        with contextlib.suppress(HAProxyError):
+            await self.haproxy.processes()
+            self.loaded = self.config.output.read_text()
+
+    async def candidate(self, state: DesiredState) -> str:
+        text = self.renderer.render(state, self.config.render)
+        await validate(text, self.config.haproxy_bin, self.config.output.parent)
+        return text
+
+    async def apply(self, state: DesiredState, reasons: list[str]) -> bool:
+        """Apply `state`; log one line saying what changed, why, and how long it took."""
+        started = time.perf_counter()
+        change = diff(self.applied, state)
+        why = "; ".join(reasons) or "start"
+        try:
+            text = await self.candidate(state)
+            if text == self.loaded:
+                self.applied = state
+                if not change.empty:
+                    log.info("no reload needed: %s (why: %s)", change.summary(), why)
+                return True
+            previous = self.config.output.read_text() if self.config.output.exists() else None
+            write_atomic(self.config.output, text)
+            action = await self._reload(previous)
+        except (TemplateError, ConfigInvalid, HAProxyError, OSError) as error:
+            log.error("not applied, keeping the last good config (%s): %s; why: %s; change: %s",
+                      type(error).__name__, error, why, change.summary())
+            return False
+        self.loaded, self.applied = text, state
+        took = (time.perf_counter() - started) * 1000
+        log.info("applied %s in %.0f ms (%s; %d instances in %d services); why: %s",
+                 _describe(change), took, action, state.instance_count, len(state.services), why)
+        return True
+
+    async def _reload(self, previous: str | None) -> str:
+        if self.haproxy is None:
+            return "written, no HAProxy to reload"
+        try:
+            await self.haproxy.reload()
+        except ReloadFailed:
+            # HAProxy refused the new config: put back the one it runs, so that a later
+            # restart does not pick up a config that never ran.
+            if previous is not None:
+                write_atomic(self.config.output, previous)
+            raise
+        return "reloaded"
+
+
+def _describe(change: Change) -> str:
+    return change.summary() if not change.empty else "config (template or settings changed)"
+
+
+async def watch(config: WatcherConfig) -> int:
+    if config.once or config.dry_run:
+        return await once(config)
+    client = connect(config.consul, config.token, config.rules.client_timeout)
+    managed = (
+        ManagedHAProxy(config.haproxy_bin, config.output, config.master_socket) if config.manage_haproxy else None
+    )
+    # A managed HAProxy gets its master socket once it runs; until then applying means writing.
+    applier = Applier(config, None if managed else MasterCLI(config.master_socket))
+    mailbox = Mailbox()
+    catalog = Catalog(client, config.policy.opted_in, mailbox.put, config.rules)
+    log.info("watching %s for services tagged %r; writing %s", config.consul, config.policy.tag_prefix,
+             config.output)
+    fatal: HAProxyError | None = None
+    try:
+        if managed and config.output.exists():
+            # Serve the last good config at once, even before Consul answers.
+            await _start(managed, applier)
+        await applier.adopt_running()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(catalog.run(), name="catalog")
+            group.create_task(_apply_loop(config, applier, mailbox, managed), name="apply")
+            if config.template != DEFAULT_TEMPLATE:
+                group.create_task(_watch_template(config.template, mailbox), name="template")
+    except* HAProxyError as errors:  # only a managed HAProxy that cannot start ends the watcher
+        fatal = errors.exceptions[0]  # type: ignore[assignment]
+    finally:
+        await client.close()
+        if managed:
+            await managed.stop()
+    if fatal is not None:
+        log.error("fatal: %s", fatal)
+        return cli.EXIT_FATAL
+    return cli.EXIT_OK
+
+
+async def _apply_loop(
+    config: WatcherConfig, applier: Applier, mailbox: Mailbox, managed: ManagedHAProxy | None
+) -> None:
+    applied_at: float | None = None
+    while True:
+        await mailbox.changed.wait()
+        while (delay := apply_at(mailbox.first, mailbox.last, applied_at, config.wait_min, config.wait_max)
+               - time.monotonic()) > 0:
+            mailbox.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await mailbox.arrived.wait()
+        snapshot, reasons = mailbox.take()
+        if snapshot is None:
+            continue
+        state = desired_state(snapshot, config.policy)
+        if managed and managed.process is None:
+            if await applier.apply(state, reasons):
+                await _start(managed, applier)
+        elif not await applier.apply(state, reasons):
+            asyncio.get_running_loop().call_later(RETRY_FAILED_APPLY, mailbox.put, None, "retry after failure")
+        applied_at = time.monotonic()
+
+
+async def _start(managed: ManagedHAProxy, applier: Applier) -> None:
+    await managed.start()
+    applier.haproxy = MasterCLI(managed.master_socket)
+    await applier.adopt_running()
+
+
+async def _watch_template(template: Path, mailbox: Mailbox, every: float = 1.0) -> None:
+    """A user's template may be edited while the watcher runs: re-render when it changes."""
+    seen = _mtime(template)
+    while True:
+        await asyncio.sleep(every)
+        if (now := _mtime(template)) != seen:
+            seen = now
+            mailbox.put(None, f"template {template} changed")
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+async def once(config: WatcherConfig) -> int:
+    """--once and --dry-run: take one complete snapshot, then render (and apply) it."""
+    client = connect(config.consul, config.token, config.rules.client_timeout)
+    mailbox = Mailbox()
+    catalog = Catalog(client, config.policy.opted_in, mailbox.put, config.rules)
+    try:
+        async with asyncio.timeout(config.once_timeout):
+            follow = asyncio.create_task(catalog.run())
+            try:
+                await mailbox.changed.wait()
+            finally:
+                follow.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follow
+    except TimeoutError:
+        log.error("no complete answer from Consul at %s within %.0fs", config.consul, config.once_timeout)
+        return EXIT_NO_CONSUL
+    finally:
+        await client.close()
+    snapshot, reasons = mailbox.take()
+    assert snapshot is not None
+    state = desired_state(snapshot, config.policy)
+    applier = Applier(config, MasterCLI(config.master_socket) if config.master_socket.exists() else None)
+    if config.dry_run:
+        try:
+            text = await applier.candidate(state)
+        except (TemplateError, ConfigInvalid, HAProxyError) as error:
+            log.error("the rendered config is invalid: %s", error)
+            return EXIT_INVALID_CONFIG
+        current = config.output.read_text() if config.output.exists() else ""
+        sys.stdout.writelines(difflib.unified_diff(
+            current.splitlines(keepends=True), text.splitlines(keepends=True),
+            fromfile=str(config.output), tofile=f"{config.output} (rendered)",
+        ))
+        return cli.EXIT_OK
+    await applier.adopt_running()
+    return cli.EXIT_OK if await applier.apply(state, reasons) else EXIT_INVALID_CONFIG
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[WatcherConfig, str]:
+    parser = cli.EnvParser(
+        prog="python -m discovery.watch",
+        description="Follow Consul and keep HAProxy's configuration equal to the passing instances "
+        "of every service tagged for load balancing.",
+        epilog=f"""routing tags (prefix set by --tag-prefix, default lb):
+  lb                       opt the service in: it gets a backend
+  lb.default               the service answers requests that no route matches
+  lb.host=<host>           route requests for that Host header
+  lb.path=<prefix>         route requests whose path starts with <prefix>
+  lb.route=<host><prefix>  route requests for that host under that prefix
+
+exit codes:
+  0  stopped by SIGTERM/SIGINT, or --once/--dry-run succeeded
+  1  fatal error (for instance HAProxy could not be started with --manage-haproxy)
+  2  bad flag or environment variable
+  {EXIT_INVALID_CONFIG}  --once/--dry-run: the rendered config is invalid or could not be applied
+  {EXIT_NO_CONSUL}  --once/--dry-run: Consul gave no complete answer within --once-timeout""",
+    )
+    opt = parser.option
+    opt("--consul", env="CONSUL_HTTP_ADDR", default="http://127.0.0.1:8500", metavar="URL",
+        help="Consul HTTP API address")
+    opt("--token", env="CONSUL_HTTP_TOKEN", default=None, help="Consul ACL token (prefer the env variable)")
+    opt("--tag-prefix", env="DISCOVERY_TAG_PREFIX", default="lb",
+        help="services with this tag are load balanced; routing tags start with it")
+    opt("--default-service", env="DISCOVERY_DEFAULT_SERVICE", default=None,
+        help="service for requests no route matches (overrides <prefix>.default tags)")
+    opt("--template", env="DISCOVERY_TEMPLATE", default=str(DEFAULT_TEMPLATE), type=str,
+        help="Jinja2 template for haproxy.cfg; re-read when it changes")
+    opt("--output", env="DISCOVERY_OUTPUT", default="/etc/haproxy/haproxy.cfg", help="haproxy.cfg to write")
+    opt("--haproxy-bin", env="DISCOVERY_HAPROXY_BIN", default="haproxy", help="haproxy executable")
+    opt("--master-socket", env="DISCOVERY_MASTER_SOCKET", default="/run/haproxy-master.sock",
+        help="HAProxy master CLI socket used to reload")
+    opt("--runtime-socket", env="DISCOVERY_RUNTIME_SOCKET", default="/run/haproxy/admin.sock",
+        help="Runtime API socket written into the config")
+    parser.switch("--manage-haproxy", env="DISCOVERY_MANAGE_HAPROXY",
+                  help="start and stop HAProxy (master-worker) as a child instead of using a running one")
+    opt("--http-bind", env="DISCOVERY_HTTP_BIND", default=":80", help="address:port for traffic")
+    opt("--stats-bind", env="DISCOVERY_STATS_BIND", default=":1936", help="address:port for the stats page")
+    opt("--haproxy-user", env="DISCOVERY_HAPROXY_USER", default=None, help="user HAProxy workers drop to")
+    opt("--haproxy-group", env="DISCOVERY_HAPROXY_GROUP", default=None, help="group HAProxy workers drop to")
+    opt("--wait-min", env="DISCOVERY_WAIT_MIN", default=0.2, type=cli.positive_seconds,
+        help="quiet time that ends a burst of changes (e.g. 200ms)")
+    opt("--wait-max", env="DISCOVERY_WAIT_MAX", default=2.0, type=cli.positive_seconds,
+        help="longest a burst may delay an apply (e.g. 2s)")
+    opt("--consul-wait", env="DISCOVERY_CONSUL_WAIT", default=55.0, type=cli.positive_seconds,
+        help="blocking-query wait sent to Consul (at most 10m)")
+    opt("--once-timeout", env="DISCOVERY_ONCE_TIMEOUT", default=30.0, type=cli.positive_seconds,
+        help="--once/--dry-run: how long to wait for Consul")
+    opt("--log-level", env="DISCOVERY_LOG_LEVEL", default="info",
+        choices=["debug", "info", "warning", "error"], help="log verbosity")
+    parser.add_argument("--once", action="store_true", help="render, validate, write and reload once, then exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the diff against --output and exit")
+    args = parser.parse_args(argv)
+    if args.wait_max < args.wait_min:
+        parser.error("--wait-max must not be shorter than --wait-min")
+    if not 1 <= args.consul_wait <= 600:
+        parser.error("--consul-wait must be between 1s and 10m")
+    template = Path(args.template)
+    if not template.is_file():
+        parser.error(f"--template {template}: no such file")
+    try:
+        config = WatcherConfig(
+            consul=ConsulAddress.parse(args.consul),
+            token=args.token,
+            policy=RoutingPolicy(args.tag_prefix, args.default_service),
+            template=template,
+            output=Path(args.output),
+            haproxy_bin=args.haproxy_bin,
+            master_socket=Path(args.master_socket),
+            manage_haproxy=args.manage_haproxy,
+            render=RenderSettings(
+                http_bind=args.http_bind, stats_bind=args.stats_bind, runtime_socket=args.runtime_socket,
+                user=args.haproxy_user, group=args.haproxy_group,
+            ),
+            rules=QueryRules(wait=args.consul_wait),
+            wait_min=args.wait_min,
+            wait_max=args.wait_max,
+            once=args.once,
+            dry_run=args.dry_run,
+            once_timeout=args.once_timeout,
+        )
+    except InvalidValue as error:
+        parser.error(str(error))
+    if not os.access(config.output.parent, os.W_OK) and not config.dry_run:
+        parser.error(f"--output {config.output}: directory {config.output.parent} is not writable")
+    return config, args.log_level
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, level = parse_args(argv)
+    cli.setup_logging(level)
+    return cli.run(lambda: watch(config))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
