@@ -217,3 +217,60 @@ class ConsulAddress:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+
+OWNER_META = "managed-by"
+OWNER_VALUE = "discovery-registrator"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class HttpCheck:
+    """An HTTP health check Consul runs against an instance."""
+
+    path: str = "/health"
+    interval: str = "2s"
+    timeout: str = "1s"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not re.fullmatch(r"/[A-Za-z0-9._~/?=&%-]{0,200}", self.path):
+            raise InvalidValue(f"health check path {self.path!r}: want '/' then URL path characters")
+        for name in ("interval", "timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not re.fullmatch(r"[1-9][0-9]{0,5}(ms|s|m)", value):
+                raise InvalidValue(f"health check {name} {value!r}: want a duration like 2s or 500ms")
+
+    @property
+    def fingerprint(self) -> str:
+        return f"http {self.path} {self.interval} {self.timeout}"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Registration:
+    """One service instance the registrator keeps in Consul for one container."""
+
+    id: str
+    name: str
+    address: str
+    port: int
+    tags: tuple[str, ...] = ()
+    check: HttpCheck | None = None
+    container: str = ""
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        service_name(self.name)
+        if not _SERVER_NAME.match(self.id):
+            raise InvalidValue(f"service id {self.id!r}: want 1-64 of [A-Za-z0-9_.:-]")
+        object.__setattr__(self, "address", address(self.address))
+        object.__setattr__(self, "port", port(self.port))
+        object.__setattr__(self, "tags", tuple(sorted({tag(t) for t in self.tags})))
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """What marks the registration as ours, and what tells a changed check from an equal one."""
+        return {
+            OWNER_META: OWNER_VALUE,
+            "registrator": self.owner,
+            "container": self.container,
+            "check": self.check.fingerprint if self.check else "none",
+        }

@@ -1,0 +1,231 @@
+"""The Docker side of the registrator: which containers opted in, and what happens to them.
+
+Labels (preferred) or registrator's well-known environment variables opt a container in:
+
+    label                        env                      meaning
+    discovery.service            SERVICE_NAME             service name (required: the opt-in)
+    discovery.port               SERVICE_PORT             container port (default: the only exposed one)
+    discovery.tags               SERVICE_TAGS             comma-separated Consul tags, e.g. lb,lb.default
+    discovery.check.http         SERVICE_CHECK_HTTP       HTTP health path run by Consul (default /health)
+    discovery.check.interval     SERVICE_CHECK_INTERVAL   check interval (default 2s)
+    discovery.check.timeout      SERVICE_CHECK_TIMEOUT    check timeout (default 1s)
+    discovery.network            -                        network whose address is registered
+    discovery.ignore             SERVICE_IGNORE           any non-empty value: never register
+
+`discovery.check.http=none` registers without a health check (the instance is then passing).
+Docker's SDK is synchronous; every call runs in a worker thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from discovery.model import HttpCheck, InvalidValue, Registration
+from discovery.model import port as parse_port
+
+log = logging.getLogger(__name__)
+
+# Failures worth retrying: the daemon restarting, its socket briefly gone, a slow answer.
+TRANSIENT = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+# Events after which a container may have appeared or disappeared.
+STARTING = frozenset({"start", "unpause", "restart"})
+STOPPING = frozenset({"die", "stop", "pause", "destroy", "oom"})
+# A `kill` with one of these signals is the start of a stop: deregister before the process
+# stops accepting, so the load balancer stops sending it requests first.
+STOP_SIGNALS = frozenset({"2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
+
+
+class NotRegistrable(Exception):
+    """The container opted in but its labels or networks do not make a valid registration."""
+
+
+def _env(attrs: dict[str, Any]) -> dict[str, str]:
+    pairs = (item.partition("=") for item in (attrs.get("Config") or {}).get("Env") or [])
+    return {key: value for key, _, value in pairs}
+
+
+def registration(attrs: dict[str, Any], owner: str, network: str | None = None) -> Registration | None:
+    """The registration a container asks for; None when it did not opt in.
+
+    Raises NotRegistrable with the reason when it opted in with values that cannot be used.
+    """
+    config = attrs.get("Config") or {}
+    labels: dict[str, str] = config.get("Labels") or {}
+    env = _env(attrs)
+
+    def setting(label: str, variable: str | None, default: str | None = None) -> str | None:
+        if label in labels:
+            return labels[label].strip()
+        if variable and variable in env:
+            return env[variable].strip()
+        return default
+
+    name = setting("discovery.service", "SERVICE_NAME")
+    if not name or setting("discovery.ignore", "SERVICE_IGNORE"):
+        return None
+    container_id: str = attrs.get("Id", "")
+    try:
+        port = setting("discovery.port", "SERVICE_PORT") or _only_exposed_port(config)
+        path = setting("discovery.check.http", "SERVICE_CHECK_HTTP", "/health") or "/health"
+        check = None if path.lower() == "none" else HttpCheck(
+            path,
+            setting("discovery.check.interval", "SERVICE_CHECK_INTERVAL", "2s") or "2s",
+            setting("discovery.check.timeout", "SERVICE_CHECK_TIMEOUT", "1s") or "1s",
+        )
+        tags = [t.strip() for t in (setting("discovery.tags", "SERVICE_TAGS", "") or "").split(",") if t.strip()]
+        return Registration(
+            id=f"{name}-{container_id[:12]}",
+            name=name,
+            address=_address(attrs, setting("discovery.network", None, network)),
+            port=parse_port(port),
+            tags=tuple(tags),
+            check=check,
+            container=container_id,
+            owner=owner,
+        )
+    except InvalidValue as error:
+        raise NotRegistrable(str(error)) from None
+
+
+def _only_exposed_port(config: dict[str, Any]) -> str:
+    exposed = sorted((config.get("ExposedPorts") or {}).keys())
+    tcp = [p.split("/")[0] for p in exposed if p.endswith("/tcp")]
+    if len(tcp) != 1:
+        raise NotRegistrable(f"set discovery.port: the container exposes {len(tcp)} TCP ports {tcp}")
+    return tcp[0]
+
+
+def _address(attrs: dict[str, Any], network: str | None) -> str:
+    networks: dict[str, Any] = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    if network:
+        if network not in networks:
+            raise NotRegistrable(f"not attached to network {network!r} (attached: {sorted(networks)})")
+        chosen = networks[network]
+    elif len(networks) == 1:
+        chosen = next(iter(networks.values()))
+    else:
+        raise NotRegistrable(f"set discovery.network: the container is on {len(networks)} networks {sorted(networks)}")
+    addr = (chosen or {}).get("IPAddress") or ""
+    if not addr:
+        raise NotRegistrable("the container has no IP address (host network or not started)")
+    return str(addr)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerEvent:
+    action: str
+    container: str
+    time_nano: int
+    signal: str | None = None
+
+    @property
+    def stops(self) -> bool:
+        return self.action in STOPPING or (self.action == "kill" and self.signal in STOP_SIGNALS)
+
+    @property
+    def starts(self) -> bool:
+        return self.action in STARTING
+
+
+class Containers:
+    """Docker through its SDK, off the event loop."""
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url
+        self._client: docker.DockerClient | None = None
+
+    def _docker(self) -> docker.DockerClient:
+        if self._client is None:
+            # Negotiates the API version with the daemon (1.41 on Docker 20.10).
+            self._client = (
+                docker.DockerClient(base_url=self.base_url, version="auto") if self.base_url else docker.from_env()
+            )
+        return self._client
+
+    def _reset(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._client = None
+
+    async def host_name(self) -> str:
+        info = await asyncio.to_thread(lambda: self._docker().info())
+        return str(info.get("Name") or "docker")
+
+    async def running(self) -> list[dict[str, Any]]:
+        """Inspect data of every running container."""
+        try:
+            found = await asyncio.to_thread(lambda: self._docker().containers.list(filters={"status": "running"}))
+        except TRANSIENT:
+            self._reset()
+            raise
+        return [c.attrs for c in found]
+
+    async def inspect(self, container: str) -> dict[str, Any] | None:
+        try:
+            found = await asyncio.to_thread(lambda: self._docker().containers.get(container))
+        except docker.errors.NotFound:
+            return None
+        except TRANSIENT:
+            self._reset()
+            raise
+        return found.attrs
+
+    async def events(self, since_nano: int | None) -> AsyncIterator[ContainerEvent]:
+        """Container events from `since_nano` on (Docker replays the missed ones), until the stream
+        breaks: then raises, and the caller resumes from the last event it saw."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ContainerEvent | BaseException] = asyncio.Queue()
+        since = None if since_nano is None else since_nano / 1e9
+        stream = await asyncio.to_thread(
+            lambda: self._docker().events(decode=True, since=since, filters={"type": "container"})
+        )
+        stopping = threading.Event()
+
+        def pump() -> None:
+            try:
+                for raw in stream:
+                    if stopping.is_set():
+                        return
+                    event = _event(raw)
+                    if event is not None:
+                        loop.call_soon_threadsafe(queue.put_nowait, event)
+                loop.call_soon_threadsafe(queue.put_nowait, ConnectionError("Docker closed the event stream"))
+            except BaseException as error:  # handed to the event loop, never lost in the thread
+                if not stopping.is_set():
+                    loop.call_soon_threadsafe(queue.put_nowait, error)
+
+        reader = threading.Thread(target=pump, name="docker-events", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    self._reset()
+                    raise item
+                yield item
+        finally:
+            stopping.set()
+            with contextlib.suppress(Exception):
+                stream.close()  # unblocks the reader thread
+
+
+def _event(raw: dict[str, Any]) -> ContainerEvent | None:
+    action = str(raw.get("Action") or raw.get("status") or "")
+    container = str(raw.get("id") or (raw.get("Actor") or {}).get("ID") or "")
+    if not action or not container:
+        return None
+    action = action.split(":")[0]  # e.g. "health_status: healthy", "exec_start: sh"
+    attributes = (raw.get("Actor") or {}).get("Attributes") or {}
+    return ContainerEvent(action, container, int(raw.get("timeNano") or 0), attributes.get("signal"))

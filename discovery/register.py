@@ -1,0 +1,325 @@
+"""The registrator: keep Consul's agent equal to the running containers that opted in.
+
+    python -m discovery.register [options]
+
+Docker's event stream gives the fast path (register on start, deregister on kill/stop/die);
+a full reconcile both ways — on start, after every reconnect, and every --resync — is the
+safety net for anything missed. It only ever touches registrations it owns (Meta
+`managed-by=discovery-registrator` and `registrator=<--id>`), and it never exits because
+Docker or Consul is down: it retries with backoff until they are back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import consul.aio
+from consul.check import Check
+
+from discovery import cli
+from discovery.catalog import TRANSIENT as CONSUL_TRANSIENT
+from discovery.catalog import QueryRules, connect
+from discovery.containers import TRANSIENT as DOCKER_TRANSIENT
+from discovery.containers import ContainerEvent, Containers, NotRegistrable, registration
+from discovery.model import OWNER_META, OWNER_VALUE, ConsulAddress, InvalidValue, Registration
+
+log = logging.getLogger("discovery.register")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistratorConfig:
+    consul: ConsulAddress = field(default_factory=lambda: ConsulAddress.parse("http://127.0.0.1:8500"))
+    token: str | None = None
+    docker_url: str | None = None
+    owner: str | None = None  # None: the Docker host's name
+    network: str | None = None
+    resync: float = 30.0
+    deregister_after: str = "1m"
+    backoff_max: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPlan:
+    register: tuple[Registration, ...]
+    deregister: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.register or self.deregister)
+
+
+def owned(services: dict[str, dict[str, Any]], owner: str) -> dict[str, dict[str, Any]]:
+    """The agent's registrations that this registrator made; everything else is left alone."""
+    return {
+        service_id: service
+        for service_id, service in services.items()
+        if (service.get("Meta") or {}).get(OWNER_META) == OWNER_VALUE
+        and (service.get("Meta") or {}).get("registrator") == owner
+    }
+
+
+def sync_plan(wanted: Iterable[Registration], registered: dict[str, dict[str, Any]]) -> SyncPlan:
+    """Pure: what to (re-)register and deregister so that Consul holds exactly `wanted`."""
+    wanted_by_id = {r.id: r for r in wanted}
+    register = tuple(
+        r for service_id, r in sorted(wanted_by_id.items())
+        if not _same(r, registered.get(service_id))
+    )
+    deregister = tuple(sorted(registered.keys() - wanted_by_id.keys()))
+    return SyncPlan(register, deregister)
+
+
+def _same(wanted: Registration, current: dict[str, Any] | None) -> bool:
+    if current is None:
+        return False
+    return (
+        current.get("Service") == wanted.name
+        and current.get("Address") == wanted.address
+        and current.get("Port") == wanted.port
+        and sorted(current.get("Tags") or []) == list(wanted.tags)
+        and (current.get("Meta") or {}) == wanted.meta
+    )
+
+
+class Registrator:
+    def __init__(self, config: RegistratorConfig, containers: Containers, client: consul.aio.Consul,
+                 owner: str) -> None:
+        self.config = config
+        self.containers = containers
+        self.client = client
+        self.owner = owner
+        self.resync_now = asyncio.Event()
+        self.refused: dict[str, str] = {}  # container id -> reason, to log each refusal once
+        # Containers told to stop but still running (finishing requests): a reconcile in that
+        # window must not register them again.
+        self.stopping: set[str] = set()
+
+    # --- Consul side
+
+    async def register(self, reg: Registration) -> None:
+        started = time.perf_counter()
+        check = None
+        if reg.check:
+            check = Check.http(
+                f"http://{_host(reg.address)}:{reg.port}{reg.check.path}", reg.check.interval,
+                timeout=reg.check.timeout, deregister=self.config.deregister_after,
+            )
+        await self.client.agent.service.register(
+            reg.name, service_id=reg.id, address=reg.address, port=reg.port, tags=list(reg.tags),
+            check=check, meta=reg.meta,
+        )
+        log.info("registered %s (%s:%d, container %s) in %.0f ms", reg.id, reg.address, reg.port,
+                 reg.container[:12], (time.perf_counter() - started) * 1000)
+
+    async def deregister(self, service_id: str, why: str) -> None:
+        started = time.perf_counter()
+        await self.client.agent.service.deregister(service_id)
+        log.info("deregistered %s (%s) in %.0f ms", service_id, why, (time.perf_counter() - started) * 1000)
+
+    async def registered(self) -> dict[str, dict[str, Any]]:
+        return owned(await self.client.agent.services() or {}, self.owner)
+
+    # --- reconcile
+
+    def wanted(self, attrs: dict[str, Any]) -> Registration | None:
+        container = attrs.get("Id", "")
+        try:
+            reg = registration(attrs, self.owner, self.config.network)
+        except NotRegistrable as error:
+            if self.refused.get(container) != str(error):
+                log.warning("container %s (%s): not registered: %s", container[:12],
+                            attrs.get("Name", "").lstrip("/"), error)
+            self.refused[container] = str(error)
+            return None
+        self.refused.pop(container, None)
+        return reg
+
+    async def reconcile(self, why: str) -> None:
+        """Both ways: register what runs and is missing, deregister what we own and is gone."""
+        running = await self.containers.running()
+        self.stopping &= {attrs.get("Id", "") for attrs in running}
+        wanted = [
+            r for attrs in running
+            if attrs.get("Id") not in self.stopping and (r := self.wanted(attrs)) is not None
+        ]
+        plan = sync_plan(wanted, await self.registered())
+        for reg in plan.register:
+            await self.register(reg)
+        for service_id in plan.deregister:
+            await self.deregister(service_id, f"no such running container; {why}")
+        level = logging.INFO if not plan.empty else logging.DEBUG
+        log.log(level, "reconciled (%s): %d container(s) registered, %d added or updated, %d removed",
+                why, len(wanted), len(plan.register), len(plan.deregister))
+
+    async def handle(self, event: ContainerEvent) -> None:
+        if event.stops:
+            if event.action == "kill":
+                self.stopping.add(event.container)
+            # Our IDs embed the container ID, so a stop needs no inspect (the container may be gone).
+            mine = [sid for sid, s in (await self.registered()).items()
+                    if (s.get("Meta") or {}).get("container") == event.container]
+            for service_id in mine:
+                await self.deregister(service_id, f"container {event.action}")
+        elif event.starts:
+            self.stopping.discard(event.container)
+            attrs = await self.containers.inspect(event.container)
+            if attrs and (attrs.get("State") or {}).get("Running"):
+                reg = self.wanted(attrs)
+                if reg is not None and not _same(reg, (await self.registered()).get(reg.id)):
+                    await self.register(reg)
+
+    # --- loops
+
+    async def follow_events(self) -> None:
+        """Docker's event stream, resumed from the last event seen after every break."""
+        # From now on: Docker replays what happens while the first reconcile lists containers.
+        since = time.time_ns()
+        failures = 0
+        while True:
+            try:
+                if failures:
+                    self.resync_now.set()  # whatever the replay cannot tell is reconciled
+                async for event in self.containers.events(since):
+                    failures = 0
+                    since = max(since, event.time_nano)
+                    try:
+                        await self.handle(event)
+                    except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
+                        log.warning("event %s of %s not handled (%s): a resync follows",
+                                    event.action, event.container[:12], error)
+                        self.resync_now.set()
+            except DOCKER_TRANSIENT as error:
+                failures += 1
+                delay = _backoff(failures, self.config.backoff_max)
+                log.warning("Docker event stream broken (%s); resuming in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+            except ConnectionError as error:
+                failures += 1
+                log.warning("%s; resuming", error)
+                await asyncio.sleep(_backoff(failures, self.config.backoff_max))
+
+    async def resync_loop(self) -> None:
+        failures = 0
+        why = "start"
+        while True:
+            try:
+                await self.reconcile(why)
+                failures = 0
+            except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
+                failures += 1
+                delay = _backoff(failures, self.config.backoff_max)
+                log.warning("reconcile failed (%s: %s); retry %d in %.1fs", type(error).__name__, error,
+                            failures, delay)
+                await asyncio.sleep(delay)
+                why = "retry"
+                continue
+            self.resync_now.clear()
+            try:
+                async with asyncio.timeout(self.config.resync):
+                    await self.resync_now.wait()
+                why = "after a missed event or reconnect"
+            except TimeoutError:
+                why = "periodic"
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.resync_loop(), name="resync")
+            group.create_task(self.follow_events(), name="events")
+
+
+def _host(addr: str) -> str:
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def _backoff(failures: int, ceiling: float) -> float:
+    top = min(ceiling, 0.25 * 2 ** min(failures - 1, 16))
+    return top / 2 + random.uniform(0, top / 2)
+
+
+async def serve(config: RegistratorConfig) -> int:
+    containers = Containers(config.docker_url)
+    owner = config.owner
+    failures = 0
+    while owner is None:
+        try:
+            owner = await containers.host_name()
+        except DOCKER_TRANSIENT as error:
+            failures += 1
+            delay = _backoff(failures, config.backoff_max)
+            log.warning("Docker unreachable (%s); retry in %.1fs", error, delay)
+            await asyncio.sleep(delay)
+    client = connect(config.consul, config.token, QueryRules().client_timeout)
+    log.info("registering containers of %s into %s as %r", config.docker_url or "local Docker", config.consul, owner)
+    try:
+        await Registrator(config, containers, client, owner).run()
+    finally:
+        await client.close()
+    return cli.EXIT_OK
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RegistratorConfig, str]:
+    parser = cli.EnvParser(
+        prog="python -m discovery.register",
+        description="Register the Docker containers that opt in (labels discovery.* or registrator's "
+        "SERVICE_* variables) as Consul services with an HTTP health check, and deregister them "
+        "when they stop.",
+        epilog="""labels (env fallback in brackets):
+  discovery.service         [SERVICE_NAME]            service name; the opt-in
+  discovery.port            [SERVICE_PORT]            container port (default: the only exposed one)
+  discovery.tags            [SERVICE_TAGS]            comma-separated tags (lb, lb.default, lb.host=...)
+  discovery.check.http      [SERVICE_CHECK_HTTP]      health path (default /health; 'none' for no check)
+  discovery.check.interval  [SERVICE_CHECK_INTERVAL]  default 2s
+  discovery.check.timeout   [SERVICE_CHECK_TIMEOUT]   default 1s
+  discovery.network                                   network whose address is registered
+  discovery.ignore          [SERVICE_IGNORE]          any value: never register
+
+exit codes:
+  0  stopped by SIGTERM/SIGINT
+  2  bad flag or environment variable
+It never exits because Docker or Consul is unreachable: it retries with backoff.""",
+    )
+    opt = parser.option
+    opt("--consul", env="CONSUL_HTTP_ADDR", default="http://127.0.0.1:8500", metavar="URL",
+        help="Consul agent HTTP API address")
+    opt("--token", env="CONSUL_HTTP_TOKEN", default=None, help="Consul ACL token (prefer the env variable)")
+    opt("--docker", env="DOCKER_HOST", default=None, metavar="URL",
+        help="Docker API (unix:///var/run/docker.sock when unset)")
+    opt("--id", env="DISCOVERY_REGISTRATOR_ID", default=None,
+        help="owner name written into each registration; only those are ever changed (default: Docker host name)")
+    opt("--network", env="DISCOVERY_NETWORK", default=None,
+        help="Docker network whose container address is registered (default: the container's only network)")
+    opt("--resync", env="DISCOVERY_RESYNC", default=30.0, type=cli.positive_seconds,
+        help="full reconcile interval (e.g. 30s)")
+    opt("--deregister-after", env="DISCOVERY_DEREGISTER_AFTER", default="1m",
+        help="Consul removes an instance critical for this long (DeregisterCriticalServiceAfter; min 1m)")
+    opt("--log-level", env="DISCOVERY_LOG_LEVEL", default="info",
+        choices=["debug", "info", "warning", "error"], help="log verbosity")
+    args = parser.parse_args(argv)
+    if args.resync < 1:
+        parser.error("--resync must be at least 1s")
+    try:
+        cli.positive_seconds(args.deregister_after)
+        config = RegistratorConfig(
+            consul=ConsulAddress.parse(args.consul), token=args.token, docker_url=args.docker, owner=args.id,
+            network=args.network, resync=args.resync, deregister_after=args.deregister_after,
+        )
+    except (InvalidValue, ValueError) as error:
+        parser.error(str(error))
+    return config, args.log_level
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, level = parse_args(argv)
+    cli.setup_logging(level)
+    return cli.run(lambda: serve(config))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
