@@ -118,6 +118,18 @@ class Applier:
             await self.haproxy.processes()
             self.loaded = self.config.output.read_text()
 
+    async def bootstrap(self) -> None:
+        """With no config at all yet, write one with no services so that HAProxy can start and
+        show its stats page while Consul is asked. An existing file is never replaced this way."""
+        if self.config.output.exists():
+            return
+        try:
+            write_atomic(self.config.output, await self.candidate(DesiredState()))
+        except (TemplateError, ConfigInvalid, HAProxyError, OSError) as error:
+            log.error("cannot write a first config (%s): %s", type(error).__name__, error)
+            return
+        log.info("no %s yet: wrote one with no services until Consul answers", self.config.output)
+
     async def candidate(self, state: DesiredState) -> str:
         text = self.renderer.render(state, self.config.render)
         await validate(text, self.config.haproxy_bin, self.config.output.parent)
@@ -181,6 +193,7 @@ async def watch(config: WatcherConfig) -> int:
              config.output)
     fatal: HAProxyError | None = None
     try:
+        await applier.bootstrap()
         if managed and config.output.exists():
             # Serve the last good config at once, even before Consul answers.
             await _start(managed, applier)

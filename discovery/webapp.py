@@ -380,11 +380,11 @@ async def serve(config: WebappConfig) -> None:
             await site.start()
             port = runner.addresses[0][1] if runner.addresses else config.port
             log.info("webapp listening on %s:%s as %s", config.host, port, identity.hostname)
-            sig = await stopped_by
+            stopped = await stopped_by
             app[STATE].draining = True
         finally:
             await runner.cleanup()
-        log.info("webapp stopped on %s", sig.name)
+        log.info("webapp stopped on %s", stopped.name)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -392,9 +392,7 @@ async def serve(config: WebappConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = from_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(config))
     except OSError as exc:
