@@ -1,0 +1,51 @@
+from discovery.desired import RoutingPolicy, desired_state, parse_routes
+from discovery.model import CatalogEntry, Instance, Route
+
+
+def entry(name, *tags, instances=()):
+    return CatalogEntry(name, frozenset(tags), tuple(instances))
+
+
+def test_only_opted_in_services_get_a_backend():
+    state = desired_state([entry("web", "lb"), entry("consul"), entry("db", "primary")], RoutingPolicy())
+    assert [s.name for s in state.services] == ["web"]
+
+
+def test_routes_and_default_from_tags():
+    routes, is_default, refused = parse_routes(
+        ["lb", "lb.default", "lb.host=Api.local", "lb.path=/v2", "lb.route=shop.local/cart", "lb.route=x.org",
+         "other=1"],
+        "lb",
+    )
+    assert is_default and not refused
+    assert set(routes) == {
+        Route(host="api.local"), Route(path="/v2"), Route(host="shop.local", path="/cart"), Route(host="x.org")
+    }
+
+
+def test_hostile_routing_tags_are_refused_with_a_reason():
+    routes, _, refused = parse_routes(["lb.host=a b", "lb.path=/x\n bind :1", "lb.colour=red"], "lb")
+    assert routes == ()
+    assert len(refused) == 3 and any("colour" in r for r in refused)
+
+
+def test_default_service_flag_wins_over_tags():
+    catalog = [entry("a", "lb", "lb.default"), entry("b", "lb")]
+    state = desired_state(catalog, RoutingPolicy(default_service="b"))
+    assert state.default is not None and state.default.name == "b"
+
+
+def test_two_default_tags_keep_one():
+    state = desired_state([entry("a", "lb", "lb.default"), entry("b", "lb", "lb.default")], RoutingPolicy())
+    assert state.default is not None and state.default.name == "a"
+
+
+def test_service_with_no_passing_instance_keeps_its_empty_backend():
+    state = desired_state([entry("web", "lb")], RoutingPolicy())
+    assert state.services[0].instances == ()
+
+
+def test_custom_prefix():
+    i = Instance("web", "w1", "10.0.0.1", 80)
+    state = desired_state([entry("web", "edge", "edge.default", instances=[i])], RoutingPolicy(tag_prefix="edge"))
+    assert state.default is not None and state.default.instances == (i,)
