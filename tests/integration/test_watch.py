@@ -1,0 +1,126 @@
+"""The watcher against a real Consul agent and a real HAProxy, on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from discovery.render import DEFAULT_TEMPLATE
+from tests.support import Load, get_json, http_get, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_instances_come_and_go_without_failed_requests(consul_agent, webapps, start_watcher):
+    one, two = webapps.start("one"), webapps.start("two")
+    consul_agent.register("web-one", "web", one)
+    watcher = start_watcher()
+    wait_until(lambda: watcher.tags_served() == {"one"}, "HAProxy to route to instance one")
+
+    with Load(watcher.http_port) as load:
+        consul_agent.register("web-two", "web", two)
+        wait_until(lambda: watcher.tags_served() == {"one", "two"}, "instance two to join")
+        consul_agent.deregister("web-one")
+        wait_until(lambda: watcher.server_lines() == ["web-two"], "instance one to leave the config")
+        wait_until(lambda: watcher.tags_served() == {"two"}, "traffic to stop reaching instance one")
+    assert load.total > 50 and load.failed == 0, (load.outcomes, load.errors)
+    log = watcher.log_text()
+    assert "applied +web-two 127.0.0.1" in log and "reloaded" in log
+    assert "applied -web-one 127.0.0.1" in log
+
+
+def test_only_passing_instances_are_routed(consul_agent, webapps, start_watcher):
+    port = webapps.start("alive")
+    consul_agent.register("web-alive", "web", port)
+    consul_agent.register("web-dead", "web", 1)  # its health check can never pass
+    watcher = start_watcher()
+    wait_until(lambda: watcher.server_lines() == ["web-alive"], "the passing instance in the config")
+    assert "web-dead" not in watcher.config
+
+
+def test_a_service_with_no_passing_instance_answers_503(consul_agent, start_watcher):
+    consul_agent.register("web-dead", "web", 1)
+    watcher = start_watcher()
+    wait_until(lambda: "backend be_web" in watcher.config, "the empty backend")
+    status, _, _ = http_get(watcher.http_port)
+    assert status == 503
+
+
+def test_routes_by_host(consul_agent, webapps, start_watcher):
+    consul_agent.register("site-1", "site", webapps.start("site"), tags=("lb", "lb.default"))
+    consul_agent.register("api-1", "api", webapps.start("api"), tags=("lb", "lb.route=api.local/"))
+    consul_agent.register("admin-1", "admin", webapps.start("admin"), tags=("lb", "lb.host=Admin.Local"))
+    watcher = start_watcher()
+    wait_until(lambda: len(watcher.server_lines()) == 3, "three services in the config")
+
+    def tag(host: str) -> str:
+        return str(get_json(watcher.http_port, "/", headers={"Host": host})["tag"])
+
+    # The file is written just before the reload: wait for HAProxy itself to route.
+    wait_until(lambda: tag("admin.local:8080") == "admin", "host routing (any port, any case)")
+    assert tag("example.org") == "site"
+    assert tag("api.local") == "api"
+
+
+def test_broken_template_keeps_last_good_config_and_says_why(consul_agent, webapps, start_watcher, tmp_path):
+    template = tmp_path / "mine.cfg.j2"
+    shutil.copy(DEFAULT_TEMPLATE, template)
+    consul_agent.register("web-one", "web", webapps.start("one"))
+    watcher = start_watcher("--template", str(template))
+    wait_until(lambda: watcher.server_lines() == ["web-one"], "the first config")
+    good = watcher.config
+
+    template.write_text(template.read_text() + "\n{% for broken %}\n")
+    consul_agent.register("web-two", "web", webapps.start("two"))
+    wait_until(lambda: "not applied, keeping the last good config (TemplateError)" in watcher.log_text(),
+               "the watcher to report the broken template")
+    assert f"{template}:" in watcher.log_text()  # names the file and line
+    assert watcher.config == good
+    assert watcher.tags_served() == {"one"}  # HAProxy still serves the last good config
+
+    template.write_text(DEFAULT_TEMPLATE.read_text() + "\n# fixed\n")
+    wait_until(lambda: watcher.server_lines() == ["web-one", "web-two"], "the fixed template to be applied")
+
+
+def test_template_rendering_an_invalid_config_is_rejected(consul_agent, webapps, start_watcher, tmp_path):
+    template = tmp_path / "mine.cfg.j2"
+    shutil.copy(DEFAULT_TEMPLATE, template)
+    consul_agent.register("web-one", "web", webapps.start("one"))
+    watcher = start_watcher("--template", str(template))
+    wait_until(lambda: watcher.server_lines() == ["web-one"], "the first config")
+    good = watcher.config
+    template.write_text(template.read_text() + "\nbackend broken\n    no-such-directive here\n")
+    wait_until(lambda: "not applied, keeping the last good config (ConfigInvalid)" in watcher.log_text(),
+               "haproxy -c to reject the candidate")
+    assert watcher.config == good
+
+
+def test_dry_run_prints_the_diff_and_once_writes(consul_agent, webapps, tmp_path):
+    consul_agent.register("web-one", "web", webapps.start("one"))
+    consul_agent.wait_passing("web", 1)
+    output = tmp_path / "haproxy.cfg"
+    output.write_text("# old\n")
+    base = [sys.executable, "-m", "discovery.watch", "--consul", consul_agent.address, "--output", str(output),
+            "--master-socket", str(tmp_path / "none.sock"), "--runtime-socket", str(tmp_path / "admin.sock")]
+    dry = subprocess.run([*base, "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "-# old" in dry.stdout and "+    server web-one 127.0.0.1:" in dry.stdout
+    assert output.read_text() == "# old\n"
+
+    once = subprocess.run([*base, "--once"], capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    assert "server web-one 127.0.0.1:" in output.read_text()
+
+
+def test_once_without_consul_exits_4(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "discovery.watch", "--consul", "http://127.0.0.1:1", "--output",
+         str(tmp_path / "h.cfg"), "--once", "--once-timeout", "1s"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 4
+    assert "no complete answer from Consul" in result.stderr

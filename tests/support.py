@@ -1,0 +1,126 @@
+"""Helpers shared by the integration and end-to-end suites: real processes, free ports,
+deadline-based waiting, and an HTTP load that counts failures."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def require(binary: str) -> str:
+    """The path of a prerequisite; a missing one fails the run loudly, never skips it."""
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"prerequisite {binary!r} is not installed: run ../shared/env/provision", pytrace=False)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 15.0, every: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as error:  # the condition may raise while things start up
+            last_error = error
+        time.sleep(every)
+    detail = f" (last error: {last_error!r})" if last_error else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+
+
+def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 5.0,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def get_json(port: int, path: str = "/", **kwargs: Any) -> Any:
+    status, _, body = http_get(port, path, **kwargs)
+    assert status == 200, f"GET {path} on {port}: {status} {body[:200]!r}"
+    return json.loads(body)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def log_text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+class Load:
+    """Steady GET traffic from a few threads, each request on a new connection; counts outcomes.
+
+    Used as a context manager around a change: `failed` must stay 0 for clients that were not
+    talking to a removed instance."""
+
+    def __init__(self, port: int, path: str = "/", threads: int = 4, host: str = "127.0.0.1") -> None:
+        self.port, self.path, self.host = port, path, host
+        self.outcomes: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, _, _ = http_get(self.port, self.path, host=self.host, timeout=5)
+                outcome = "ok" if status == 200 else f"http {status}"
+            except (OSError, http.client.HTTPException) as error:
+                outcome = type(error).__name__
+            with self._lock:
+                self.outcomes[outcome] += 1
+                if outcome != "ok" and len(self.errors) < 20:
+                    self.errors.append(f"{time.strftime('%H:%M:%S')} {outcome}")
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def failed(self) -> int:
+        return self.total - self.outcomes["ok"]
