@@ -39,7 +39,7 @@ async def validate(text: str, haproxy_bin: str = "haproxy", directory: Path | No
         candidate.write(text)
     try:
         process = await asyncio.create_subprocess_exec(
-            haproxy_bin, "-c", "-q", "-f", candidate.name,
+            haproxy_bin, "-c", "-f", candidate.name,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         output, _ = await process.communicate()

@@ -153,7 +153,7 @@ class Registrator:
             await self.register(reg)
         for service_id in plan.deregister:
             await self.deregister(service_id, f"no such running container; {why}")
-        level = logging.INFO if not plan.empty else logging.DEBUG
+        level = logging.INFO if not plan.empty or why == "start" else logging.DEBUG
         log.log(level, "reconciled (%s): %d container(s) registered, %d added or updated, %d removed",
                 why, len(wanted), len(plan.register), len(plan.deregister))
 

@@ -1,0 +1,69 @@
+"""The HAProxy shell against a real HAProxy in master-worker mode."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from discovery.haproxy import ConfigInvalid, ManagedHAProxy, MasterCLI, ReloadFailed, validate, write_atomic
+from discovery.model import DesiredState, Instance, Service
+from discovery.render import Renderer, RenderSettings
+from tests.support import free_port, http_get, require
+
+pytestmark = pytest.mark.integration
+
+
+def config_text(tmp_path, http_port, stats_port, servers=()):
+    state = DesiredState((Service("web", tuple(servers), is_default=True),))
+    settings = RenderSettings(http_bind=f"127.0.0.1:{http_port}", stats_bind=f"127.0.0.1:{stats_port}",
+                              runtime_socket=str(tmp_path / "admin.sock"))
+    return Renderer().render(state, settings)
+
+
+@pytest.fixture
+async def haproxy(tmp_path):
+    binary = require("haproxy")
+    ports = free_port(), free_port()
+    config = tmp_path / "haproxy.cfg"
+    write_atomic(config, config_text(tmp_path, *ports))
+    managed = ManagedHAProxy(binary, config, tmp_path / "master.sock")
+    await managed.start()
+    try:
+        yield managed, ports
+    finally:
+        await managed.stop()
+
+
+async def test_validate_accepts_rendered_config_and_rejects_garbage(tmp_path):
+    await validate(config_text(tmp_path, free_port(), free_port()), require("haproxy"), tmp_path)
+    with pytest.raises(ConfigInvalid, match="no-such-keyword"):
+        await validate("global\n    no-such-keyword\n", "haproxy", tmp_path)
+    assert list(tmp_path.glob("*.cfg")) == []  # candidates never linger
+
+
+async def test_reload_starts_a_new_worker_that_serves_the_new_config(haproxy, tmp_path):
+    managed, (http_port, stats_port) = haproxy
+    cli = MasterCLI(managed.master_socket)
+    before = await cli.processes()
+    server = Instance("web", "web-1", "127.0.0.1", free_port())
+    write_atomic(managed.config, config_text(tmp_path, http_port, stats_port, [server]))
+    await cli.reload()
+    after = await cli.processes()
+    assert after.master_reloads == before.master_reloads + 1
+    assert {pid for pid, _ in after.workers}.isdisjoint({pid for pid, _ in before.workers})
+    _, _, stats = http_get(stats_port, "/;csv")
+    assert b"web-1" in stats
+
+
+async def test_a_reload_haproxy_refuses_raises_reload_failed(haproxy, tmp_path):
+    managed, (http_port, stats_port) = haproxy
+    with socket.socket() as taken:  # valid for `haproxy -c`, but the new worker cannot bind it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        write_atomic(managed.config, config_text(tmp_path, busy, stats_port))
+        with pytest.raises(ReloadFailed):
+            await MasterCLI(managed.master_socket).reload()
+    status, _, _ = http_get(http_port)  # the previous workers still serve
+    assert status == 503

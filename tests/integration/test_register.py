@@ -1,0 +1,159 @@
+"""The registrator against real Docker and a real Consul agent (run on the host)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from discovery.containers import registration
+from discovery.register import owned
+from tests.support import log_text, require, stop_process, wait_until
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "debian:trixie-slim"
+
+
+@pytest.fixture
+def docker_client() -> Iterator[docker.DockerClient]:
+    require("docker")
+    client = docker.from_env()
+    try:
+        client.ping()
+        client.images.get(IMAGE)
+    except Exception as error:
+        pytest.fail(f"Docker with image {IMAGE} is required (run ../shared/env/provision): {error}", pytrace=False)
+    yield client
+    client.close()
+
+
+class Containers:
+    """Opted-in test containers, all carrying one run label so they are always removed."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.run = uuid.uuid4().hex[:8]
+
+    def start(self, service: str, **labels: str):
+        return self.client.containers.run(
+            IMAGE, ["sleep", "600"], detach=True, init=True,
+            labels={"discovery.service": service, "discovery.port": "8080", "discovery.tags": "lb",
+                    "discovery-test": self.run, **labels},
+        )
+
+    def remove_all(self) -> None:
+        for container in self.client.containers.list(all=True, filters={"label": f"discovery-test={self.run}"}):
+            container.remove(force=True)
+
+
+@pytest.fixture
+def containers(docker_client) -> Iterator[Containers]:
+    made = Containers(docker_client)
+    try:
+        yield made
+    finally:
+        made.remove_all()
+
+
+@pytest.fixture
+def start_registrator(consul_agent, tmp_path: Path):
+    owner = f"test-{uuid.uuid4().hex[:8]}"
+    running: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = tmp_path / f"register-{len(running)}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "discovery.register", "--consul", consul_agent.address, "--id", owner,
+                 "--resync", "2s"],
+                stdout=sink, stderr=subprocess.STDOUT,
+            )
+        running.append(process)
+        wait_until(lambda: "reconciled (start)" in log_text(log), "the registrator's first reconcile")
+        return process
+
+    start.owner = owner  # type: ignore[attr-defined]
+    try:
+        yield start
+    finally:
+        for process in running:
+            stop_process(process)
+
+
+def ours(consul_agent, owner: str) -> dict[str, dict]:
+    return owned(consul_agent.client.agent.services(), owner)
+
+
+def expected(docker_client, owner: str) -> set[str]:
+    """What Consul must hold: one registration per running container that opted in."""
+    wanted = set()
+    for container in docker_client.containers.list():
+        reg = registration(container.attrs, owner)
+        if reg is not None:
+            wanted.add(reg.id)
+    return wanted
+
+
+def test_registers_on_start_and_deregisters_on_stop(consul_agent, containers, start_registrator):
+    start_registrator()
+    owner = start_registrator.owner
+    container = containers.start("regtest", **{"discovery.check.http": "/ready", "discovery.tags": "lb,x"})
+    service_id = f"regtest-{container.id[:12]}"
+    found = wait_until(lambda: ours(consul_agent, owner).get(service_id), "the container's registration")
+    container.reload()
+    address = next(iter(container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    assert (found["Service"], found["Address"], found["Port"]) == ("regtest", address, 8080)
+    assert sorted(found["Tags"]) == ["lb", "x"] and found["Meta"]["container"] == container.id
+    checks = consul_agent.client.agent.checks()
+    assert any(c["ServiceID"] == service_id and c["Type"] == "http" for c in checks.values())
+
+    container.stop(timeout=1)
+    wait_until(lambda: service_id not in ours(consul_agent, owner), "deregistration on stop")
+
+
+def test_never_touches_registrations_it_does_not_own(consul_agent, containers, start_registrator):
+    consul_agent.client.agent.service.register("foreign", service_id="foreign-1", port=1)
+    consul_agent.client.agent.service.register(
+        "webapp", service_id="other-owner-1", port=2,
+        meta={"managed-by": "discovery-registrator", "registrator": "someone-else"},
+    )
+    start_registrator()
+    container = containers.start("regtest")
+    wait_until(lambda: f"regtest-{container.id[:12]}" in ours(consul_agent, start_registrator.owner),
+               "the registration")
+    services = consul_agent.client.agent.services()
+    assert "foreign-1" in services and "other-owner-1" in services
+
+
+def test_restarted_registrator_reconciles_what_it_missed(consul_agent, containers, docker_client,
+                                                         start_registrator):
+    owner = start_registrator.owner
+    registrator = start_registrator()
+    kept, gone = containers.start("regtest"), containers.start("regtest")
+    wait_until(lambda: len(ours(consul_agent, owner)) >= 2, "both registrations")
+
+    registrator.kill()  # SIGKILL: no goodbye, events are missed from here on
+    registrator.wait()
+    gone.remove(force=True)
+    new = containers.start("regtest")
+    stale = consul_agent.client.agent.services()
+    assert f"regtest-{gone.id[:12]}" in stale and f"regtest-{new.id[:12]}" not in stale
+
+    start_registrator()
+    wait_until(lambda: set(ours(consul_agent, owner)) == expected(docker_client, owner),
+               "Consul to match the running containers exactly")
+    assert {f"regtest-{kept.id[:12]}", f"regtest-{new.id[:12]}"} <= set(ours(consul_agent, owner))
+
+
+def test_opted_in_container_with_bad_labels_is_refused_with_a_reason(consul_agent, containers, start_registrator,
+                                                                    tmp_path):
+    start_registrator()
+    containers.start("regtest", **{"discovery.port": "not-a-port"})
+    wait_until(lambda: "not registered: port 'not-a-port'" in log_text(tmp_path / "register-0.log"),
+               "the refusal in the log")

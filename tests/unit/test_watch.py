@@ -1,0 +1,211 @@
+import os
+import time
+
+import pytest
+
+from discovery.catalog import QueryRules
+from discovery.desired import RoutingPolicy
+from discovery.model import CatalogEntry, ConsulAddress
+from discovery.render import DEFAULT_TEMPLATE
+from discovery.watch import EXIT_INVALID_CONFIG, EXIT_NO_CONSUL, Mailbox, apply_at, parse_args
+
+# --- apply_at
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "applied", "expected"),
+    [
+        (10.0, 10.0, None, 10.0),  # nothing applied yet: at once
+        (10.0, 10.0, 9.0, 10.0),  # leading edge: quiet for longer than wait_min
+        (10.0, 10.0, 9.75, 10.0),  # quiet for exactly wait_min
+        (10.0, 10.5, 9.875, 10.75),  # within wait_min of an apply: wait until quiet for wait_min
+        (10.0, 11.875, 9.875, 12.0),  # quiet period would end after first + wait_max: capped
+        (10.0, 13.0, 9.875, 12.0),  # still changing long after: capped
+    ],
+)
+def test_apply_at(first, last, applied, expected):
+    assert apply_at(first, last, applied, wait_min=0.25, wait_max=2.0) == expected
+
+
+# --- Mailbox
+
+
+def snapshot(*names):
+    return tuple(CatalogEntry(name, frozenset({"lb"})) for name in names)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """time.monotonic, moved by hand."""
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_take_returns_the_newest_snapshot_and_every_reason_once():
+    mailbox = Mailbox()
+    mailbox.put(snapshot("a"), "catalog changed")
+    mailbox.put(snapshot("a", "b"), "health of b changed")
+    mailbox.put(snapshot("b"), "catalog changed")
+    assert mailbox.take() == (snapshot("b"), ["catalog changed", "health of b changed"])
+    assert mailbox.reasons == []
+
+
+def test_put_without_a_snapshot_keeps_the_previous_one():
+    mailbox = Mailbox()
+    mailbox.put(snapshot("a"), "catalog changed")
+    mailbox.take()
+    mailbox.put(None, "template changed")
+    assert mailbox.take() == (snapshot("a"), ["template changed"])
+
+
+def test_take_before_any_snapshot_gives_none():
+    mailbox = Mailbox()
+    mailbox.put(None, "retry after failure")
+    assert mailbox.take() == (None, ["retry after failure"])
+
+
+def test_changed_is_set_by_put_and_cleared_by_take_while_arrived_stays_for_the_waiter():
+    mailbox = Mailbox()
+    assert not mailbox.changed.is_set() and not mailbox.arrived.is_set()
+    mailbox.put(snapshot("a"), "catalog changed")
+    assert mailbox.changed.is_set() and mailbox.arrived.is_set()
+    mailbox.take()
+    assert not mailbox.changed.is_set()
+    assert mailbox.arrived.is_set()  # only the apply loop clears it
+
+
+def test_first_and_last_span_a_burst_and_a_new_burst_starts_after_take(clock):
+    mailbox = Mailbox()
+    mailbox.put(snapshot("a"), "one")
+    clock[0] = 100.5
+    mailbox.put(snapshot("b"), "two")
+    assert (mailbox.first, mailbox.last) == (100.0, 100.5)
+    mailbox.take()
+    clock[0] = 107.0
+    mailbox.put(snapshot("c"), "three")
+    assert (mailbox.first, mailbox.last) == (107.0, 107.0)
+
+
+# --- parse_args
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("DISCOVERY_", "CONSUL_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def parse(tmp_path):
+    """parse_args with --output in a writable directory."""
+    return lambda *argv: parse_args([*argv, "--output", str(tmp_path / "haproxy.cfg")])
+
+
+def test_defaults(parse, tmp_path):
+    config, level = parse()
+    assert config.consul == ConsulAddress("http", "127.0.0.1", 8500)
+    assert config.token is None
+    assert config.policy == RoutingPolicy("lb", None)
+    assert config.template == DEFAULT_TEMPLATE
+    assert config.output == tmp_path / "haproxy.cfg"
+    assert (config.wait_min, config.wait_max, config.once_timeout) == (0.2, 2.0, 30.0)
+    assert config.rules == QueryRules(wait=55.0)
+    assert not (config.manage_haproxy or config.once or config.dry_run)
+    assert level == "info"
+
+
+def test_environment_variables_set_the_defaults(parse, monkeypatch):
+    for name, value in {
+        "DISCOVERY_WAIT_MIN": "250ms", "DISCOVERY_WAIT_MAX": "3s", "DISCOVERY_CONSUL_WAIT": "1m",
+        "CONSUL_HTTP_ADDR": "https://consul.local:8501", "DISCOVERY_TAG_PREFIX": "edge",
+        "DISCOVERY_MANAGE_HAPROXY": "true", "DISCOVERY_LOG_LEVEL": "debug",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config, level = parse()
+    assert (config.wait_min, config.wait_max, config.rules.wait) == (0.25, 3.0, 60.0)
+    assert config.consul == ConsulAddress("https", "consul.local", 8501)
+    assert config.policy.tag_prefix == "edge" and config.manage_haproxy and level == "debug"
+
+
+def test_flags_beat_environment_variables(parse, monkeypatch):
+    monkeypatch.setenv("DISCOVERY_WAIT_MIN", "250ms")
+    config, _ = parse("--wait-min", "100ms", "--default-service", "web", "--once")
+    assert config.wait_min == 0.1 and config.policy.default_service == "web" and config.once
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--wait-min", "3s", "--wait-max", "1s"],
+        ["--wait-min", "soon"],
+        ["--consul", "ftp://consul:8500"],
+        ["--consul", "http://consul host:8500"],
+        ["--consul", "consul:99999"],
+        ["--template", "/nonexistent/haproxy.cfg.j2"],
+        ["--consul-wait", "500ms"],
+        ["--consul-wait", "11m"],
+        ["--tag-prefix", "l b"],
+        ["--log-level", "verbose"],
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_bad_flags_exit_with_usage_error(parse, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    assert exit_info.value.code == 2
+
+
+def test_bad_environment_variable_exits_with_usage_error(parse, monkeypatch):
+    monkeypatch.setenv("DISCOVERY_WAIT_MAX", "forever")
+    with pytest.raises(SystemExit) as exit_info:
+        parse()
+    assert exit_info.value.code == 2
+
+
+def test_output_in_a_missing_directory_is_refused_unless_dry_run():
+    output = "/nonexistent-discovery-dir/haproxy.cfg"
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--output", output])
+    assert exit_info.value.code == 2
+    config, _ = parse_args(["--output", output, "--dry-run"])
+    assert config.dry_run
+
+
+@pytest.mark.xfail(strict=True, reason="bug: EnvParser.option does not check env values against `choices`")
+def test_bad_log_level_in_environment_exits_with_usage_error(parse, monkeypatch):
+    monkeypatch.setenv("DISCOVERY_LOG_LEVEL", "verbose")
+    with pytest.raises(SystemExit) as exit_info:
+        parse()
+    assert exit_info.value.code == 2
+
+
+def help_text(capsys, parse_args_function):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args_function(["--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+WATCH_OPTIONS = [
+    "--consul", "--token", "--tag-prefix", "--default-service", "--template", "--output", "--haproxy-bin",
+    "--master-socket", "--runtime-socket", "--manage-haproxy", "--http-bind", "--stats-bind", "--haproxy-user",
+    "--haproxy-group", "--wait-min", "--wait-max", "--consul-wait", "--once-timeout", "--log-level", "--once",
+    "--dry-run",
+]
+
+
+def test_help_lists_every_option_and_exit_code(capsys):
+    text = help_text(capsys, parse_args)
+    missing = [option for option in WATCH_OPTIONS if f"  {option}" not in text]
+    assert missing == []
+    codes = text.split("exit codes:")[1].splitlines()
+    assert [line.split()[0] for line in codes if line.strip()] == ["0", "1", "2", str(EXIT_INVALID_CONFIG),
+                                                                 str(EXIT_NO_CONSUL)]
+
+
+@pytest.mark.xfail(strict=True, reason="bug: --help prints the CONSUL_HTTP_TOKEN value as the --token default")
+def test_help_does_not_print_the_acl_token(capsys, monkeypatch):
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "0b1f5c2e-secret-token")
+    assert "secret-token" not in help_text(capsys, parse_args)
