@@ -23,14 +23,18 @@ class EnvParser(argparse.ArgumentParser):
         super().__init__(**kwargs)
 
     def option(self, *flags: str, env: str, default: Any = None, type: Callable[[str], Any] = str,
-               help: str, **kwargs: Any) -> None:
+               help: str, secret: bool = False, **kwargs: Any) -> None:
         raw = os.environ.get(env)
         if raw is not None and raw != "":
             try:
                 default = type(raw)
             except (TypeError, ValueError) as error:
                 self.error(f"environment variable {env}={raw!r}: {error}")
-        shown = f"{default}" if default not in (None, "") else "none"
+            choices = kwargs.get("choices")
+            if choices is not None and default not in choices:
+                self.error(f"environment variable {env}={raw!r}: want one of {', '.join(map(str, choices))}")
+        shown = "none" if default in (None, "") else "set" if secret else str(default)  # never print a secret
+        shown = shown.replace("%", "%%")  # argparse %-formats help strings
         self.add_argument(*flags, default=default, type=type, help=f"{help} [env {env}; default {shown}]",
                           **kwargs)
 

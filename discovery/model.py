@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 # Consul service names that are also DNS labels (Consul warns on anything else) and HAProxy
 # identifiers: letters, digits, '-', '_', '.'; at most 63 characters.
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-# HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names; 100 leaves
+# room for the registrator's `<63-character service name>-<12-character container id>`.
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
@@ -260,7 +261,7 @@ class Registration:
     def __post_init__(self) -> None:
         service_name(self.name)
         if not _SERVER_NAME.match(self.id):
-            raise InvalidValue(f"service id {self.id!r}: want 1-64 of [A-Za-z0-9_.:-]")
+            raise InvalidValue(f"service id {self.id!r}: want 1-100 of [A-Za-z0-9_.:-]")
         object.__setattr__(self, "address", address(self.address))
         object.__setattr__(self, "port", port(self.port))
         object.__setattr__(self, "tags", tuple(sorted({tag(t) for t in self.tags})))

@@ -287,7 +287,8 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
     opt = parser.option
     opt("--consul", env="CONSUL_HTTP_ADDR", default="http://127.0.0.1:8500", metavar="URL",
         help="Consul agent HTTP API address")
-    opt("--token", env="CONSUL_HTTP_TOKEN", default=None, help="Consul ACL token (prefer the env variable)")
+    opt("--token", env="CONSUL_HTTP_TOKEN", default=None, secret=True,
+        help="Consul ACL token (prefer the env variable)")
     opt("--docker", env="DOCKER_HOST", default=None, metavar="URL",
         help="Docker API (unix:///var/run/docker.sock when unset)")
     opt("--id", env="DISCOVERY_REGISTRATOR_ID", default=None,

@@ -323,7 +323,8 @@ exit codes:
     opt = parser.option
     opt("--consul", env="CONSUL_HTTP_ADDR", default="http://127.0.0.1:8500", metavar="URL",
         help="Consul HTTP API address")
-    opt("--token", env="CONSUL_HTTP_TOKEN", default=None, help="Consul ACL token (prefer the env variable)")
+    opt("--token", env="CONSUL_HTTP_TOKEN", default=None, secret=True,
+        help="Consul ACL token (prefer the env variable)")
     opt("--tag-prefix", env="DISCOVERY_TAG_PREFIX", default="lb",
         help="services with this tag are load balanced; routing tags start with it")
     opt("--default-service", env="DISCOVERY_DEFAULT_SERVICE", default=None,

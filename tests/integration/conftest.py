@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import consul
 import pytest
 
+import consul
 from tests.support import free_port, get_json, log_text, require, stop_process, wait_until
 
 pytestmark = pytest.mark.integration

@@ -67,7 +67,6 @@ def test_option_help_names_the_variable_and_the_effective_default(env, capsys):
     assert "[env TEST_WAIT; default 3.0]" in " ".join(capsys.readouterr().out.split())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: EnvParser.option never checks an environment value against choices")
 def test_option_refuses_an_environment_value_outside_its_choices(env):
     env("TEST_LEVEL", "verbose")
     parser = EnvParser(prog="test")
@@ -77,7 +76,6 @@ def test_option_refuses_an_environment_value_outside_its_choices(env):
     assert exit_info.value.code == EXIT_USAGE
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a '%' in an environment value is %-formatted by argparse in --help")
 def test_help_survives_a_percent_sign_in_an_environment_value(env, capsys):
     env("TEST_PATH", "/srv/100%/haproxy.cfg")
     parser = EnvParser(prog="test")

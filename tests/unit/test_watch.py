@@ -173,7 +173,6 @@ def test_output_in_a_missing_directory_is_refused_unless_dry_run():
     assert config.dry_run
 
 
-@pytest.mark.xfail(strict=True, reason="bug: EnvParser.option does not check env values against `choices`")
 def test_bad_log_level_in_environment_exits_with_usage_error(parse, monkeypatch):
     monkeypatch.setenv("DISCOVERY_LOG_LEVEL", "verbose")
     with pytest.raises(SystemExit) as exit_info:
@@ -205,7 +204,6 @@ def test_help_lists_every_option_and_exit_code(capsys):
                                                                  str(EXIT_NO_CONSUL)]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: --help prints the CONSUL_HTTP_TOKEN value as the --token default")
 def test_help_does_not_print_the_acl_token(capsys, monkeypatch):
     monkeypatch.setenv("CONSUL_HTTP_TOKEN", "0b1f5c2e-secret-token")
     assert "secret-token" not in help_text(capsys, parse_args)

@@ -1,0 +1,140 @@
+"""End to end: the real compose.yaml on real Docker, through port 80 and the stats page.
+
+One stack for the module, driven through the lab's scenario in order: two web apps, scale to
+five, stop one, scale to three, kill one, then lose the registrator while containers come and go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import consul
+from tests.support import Load, http_get, require, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "discovery-e2e"
+HTTP, STATS, CONSUL = 80, 1936, 8500
+
+
+def compose(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONSUL_IMAGE": os.environ.get("CONSUL_IMAGE", "hashicorp/consul:1.8.7")}
+    result = subprocess.run(["docker", "compose", "-p", PROJECT, *args], cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[None]:
+    require("docker")
+    compose("down", "-v", "--remove-orphans", "-t", "1")
+    compose("up", "-d", "--build", "--wait", timeout=900)
+    try:
+        yield
+    finally:
+        logs = compose("logs", "--no-color", check=False).stdout
+        (ROOT / "build").mkdir(exist_ok=True)
+        (ROOT / "build" / "e2e-compose.log").write_text(logs)
+        compose("down", "-v", "--remove-orphans", "-t", "2", check=False)
+
+
+def webapp_ids() -> set[str]:
+    """Short IDs of the running web app containers, as the registrator names them."""
+    out = compose("ps", "-q", "--status", "running", "webapp").stdout.split()
+    return {f"webapp-{cid[:12]}" for cid in out}
+
+
+def hosts_answering(requests: int = 20) -> set[str]:
+    hosts = set()
+    for _ in range(requests):
+        status, _, body = http_get(HTTP)
+        assert status == 200, body[:200]
+        hosts.add(json.loads(body)["host"])
+    return hosts
+
+
+def rendered_servers() -> set[str]:
+    config = compose("exec", "-T", "ha", "cat", "/etc/haproxy/haproxy.cfg").stdout
+    return set(re.findall(r"^\s*server (\S+) ", config, re.M))
+
+
+def converged(expected_count: int) -> bool:
+    ids = webapp_ids()
+    return len(ids) == expected_count and rendered_servers() == ids and len(hosts_answering()) == expected_count
+
+
+def test_two_web_apps_answer_in_turn(stack):
+    wait_until(lambda: converged(2), "two web apps behind port 80", timeout=30)
+    answers = [http_get(HTTP) for _ in range(4)]
+    bodies = [json.loads(body) for _, _, body in answers]
+    assert {b["host"] for b in bodies[:2]} == {b["host"] for b in bodies} and bodies[0]["host"] != bodies[1]["host"]
+    for (_, headers, _), body in zip(answers, bodies, strict=True):
+        assert set(body) == {"hello", "host", "ip", "tag", "sessionViews", "id"} and body["hello"] == "world!"
+        assert headers["x-backend-host"] == body["host"] and "set-cookie" in headers
+
+
+def test_stats_page_lists_the_web_apps(stack):
+    status, _, page = http_get(STATS, "/")
+    assert status == 200
+    listed = set(re.findall(rb"webapp-[0-9a-f]{12}", page))
+    assert {name.encode() for name in webapp_ids()} == listed
+
+
+def test_scale_to_five_serves_within_five_seconds(stack):
+    compose("up", "-d", "--no-recreate", "--scale", "webapp=5", "webapp")
+    started = time.monotonic()
+    wait_until(lambda: converged(5), "five web apps behind port 80", timeout=5)
+    print(f"five web apps served {time.monotonic() - started:.2f}s after `up --scale` returned")
+
+
+def test_stopping_one_loses_no_request(stack):
+    victim = compose("ps", "-q", "webapp").stdout.split()[0]
+    with Load(HTTP) as load:
+        subprocess.run(["docker", "stop", victim], check=True, capture_output=True)
+        wait_until(lambda: converged(4), "four web apps after a stop", timeout=10)
+    assert load.total > 50 and load.failed == 0, (load.outcomes, load.errors)
+
+
+def test_scale_down_to_three_loses_no_request(stack):
+    compose("rm", "-f", check=False)  # the stopped one, so that --scale counts only live ones
+    with Load(HTTP) as load:
+        compose("up", "-d", "--no-recreate", "--scale", "webapp=3", "webapp")
+        wait_until(lambda: converged(3), "three web apps", timeout=10)
+    assert load.failed == 0, (load.outcomes, load.errors)
+
+
+def test_killing_one_loses_no_idempotent_request(stack):
+    victim = compose("ps", "-q", "webapp").stdout.split()[0]
+    with Load(HTTP) as load:
+        subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+        wait_until(lambda: converged(2), "two web apps after a kill", timeout=10)
+    assert load.failed == 0, (load.outcomes, load.errors)
+
+
+def test_registrator_restart_reconciles_consul_with_running_containers(stack):
+    compose("kill", "registrator")
+    compose("rm", "-f", check=False)
+    compose("up", "-d", "--no-recreate", "--no-deps", "--scale", "webapp=4", "webapp")
+    subprocess.run(["docker", "stop", "-t", "1", compose("ps", "-q", "webapp").stdout.split()[0]], check=True,
+                   capture_output=True)
+    compose("up", "-d", "--no-deps", "registrator")
+    client = consul.Consul(host="127.0.0.1", port=CONSUL)
+
+    def consul_matches() -> bool:
+        ours = {sid for sid, s in client.agent.services().items()
+                if (s.get("Meta") or {}).get("managed-by") == "discovery-registrator"}
+        return ours == webapp_ids() and len(ours) == 3
+
+    wait_until(consul_matches, "Consul to match the running containers exactly", timeout=30)
+    wait_until(lambda: converged(3), "HAProxy to follow", timeout=10)
