@@ -66,14 +66,20 @@ def test_routes_by_host(consul_agent, webapps, start_watcher):
     assert tag("api.local") == "api"
 
 
-def test_broken_template_keeps_last_good_config_and_says_why(consul_agent, webapps, start_watcher, tmp_path):
+@pytest.fixture
+def own_template(consul_agent, webapps, start_watcher, tmp_path):
+    """A watcher on a copy of the shipped template, serving instance `one` from a good config."""
     template = tmp_path / "mine.cfg.j2"
     shutil.copy(DEFAULT_TEMPLATE, template)
     consul_agent.register("web-one", "web", webapps.start("one"))
     watcher = start_watcher("--template", str(template))
     wait_until(lambda: watcher.server_lines() == ["web-one"], "the first config")
-    good = watcher.config
+    return template, watcher
 
+
+def test_broken_template_keeps_last_good_config_and_says_why(own_template, consul_agent, webapps):
+    template, watcher = own_template
+    good = watcher.config
     template.write_text(template.read_text() + "\n{% for broken %}\n")
     consul_agent.register("web-two", "web", webapps.start("two"))
     wait_until(lambda: "not applied, keeping the last good config (TemplateError)" in watcher.log_text(),
@@ -86,12 +92,8 @@ def test_broken_template_keeps_last_good_config_and_says_why(consul_agent, webap
     wait_until(lambda: watcher.server_lines() == ["web-one", "web-two"], "the fixed template to be applied")
 
 
-def test_template_rendering_an_invalid_config_is_rejected(consul_agent, webapps, start_watcher, tmp_path):
-    template = tmp_path / "mine.cfg.j2"
-    shutil.copy(DEFAULT_TEMPLATE, template)
-    consul_agent.register("web-one", "web", webapps.start("one"))
-    watcher = start_watcher("--template", str(template))
-    wait_until(lambda: watcher.server_lines() == ["web-one"], "the first config")
+def test_template_rendering_an_invalid_config_is_rejected(own_template):
+    template, watcher = own_template
     good = watcher.config
     template.write_text(template.read_text() + "\nbackend broken\n    no-such-directive here\n")
     wait_until(lambda: "not applied, keeping the last good config (ConfigInvalid)" in watcher.log_text(),
