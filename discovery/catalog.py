@@ -97,13 +97,19 @@ def parse_instances(name: str, entries: list[dict[str, Any]]) -> tuple[tuple[Ins
     """Instances from `/v1/health/service/<name>`, plus the reason each refused entry was refused."""
     instances: list[Instance] = []
     refused: list[str] = []
+    seen: set[str] = set()
     for entry in entries or []:
         service = entry.get("Service") or {}
         node = entry.get("Node") or {}
         # An empty service address means "the node's address" in Consul's catalog.
         addr = service.get("Address") or node.get("Address") or ""
+        service_id = str(service.get("ID", ""))
+        if service_id in seen:
+            # IDs are unique per agent, not per cluster: two nodes may both run "web-1".
+            service_id = f"{service_id}:{node.get('Node', '')}"
         try:
-            instances.append(Instance(name, str(service.get("ID", "")), addr, service.get("Port", 0)))
+            instances.append(Instance(name, service_id, addr, service.get("Port", 0)))
+            seen.add(service_id)
         except InvalidValue as error:
             refused.append(f"instance {service.get('ID')!r}: {error}")
     return tuple(instances), refused

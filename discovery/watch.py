@@ -230,7 +230,11 @@ async def _apply_loop(
         snapshot, reasons = mailbox.take()
         if snapshot is None:
             continue
-        state = desired_state(snapshot, config.policy)
+        try:
+            state = desired_state(snapshot, config.policy)
+        except InvalidValue as error:  # e.g. two instances that would share one server name
+            log.error("not applied, keeping the last good config: %s", error)
+            continue
         if managed and managed.process is None:
             if await applier.apply(state, reasons):
                 await _start(managed, applier)

@@ -224,3 +224,13 @@ def test_a_catalog_with_no_opted_in_service_publishes_an_empty_snapshot():
     catalog._tags = {}
     catalog._publish("catalog changed")
     assert published == [((), "catalog changed")]
+
+
+def test_the_same_service_id_on_two_nodes_gives_two_distinct_servers():
+    entries = [
+        {"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"ID": "web-1", "Port": 80}},
+        {"Node": {"Node": "n2", "Address": "10.0.0.2"}, "Service": {"ID": "web-1", "Port": 80}},
+    ]
+    instances, refused = parse_instances("web", entries)
+    assert not refused
+    assert len({i.server_name for i in instances}) == 2
