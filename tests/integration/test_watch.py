@@ -45,9 +45,14 @@ def test_only_passing_instances_are_routed(consul_agent, webapps, start_watcher)
 def test_a_service_with_no_passing_instance_answers_503(consul_agent, start_watcher):
     consul_agent.register("web-dead", "web", 1)
     watcher = start_watcher()
-    wait_until(lambda: "backend be_web" in watcher.config, "the empty backend")
-    status, _, _ = http_get(watcher.http_port)
-    assert status == 503
+    # HAProxy's own 503 for a backend without servers, not the "no service" answer of a config
+    # that has no backend for the service at all.
+    def empty_backend_answers() -> bool:
+        status, _, body = http_get(watcher.http_port)
+        return status == 503 and b"No server is available" in body
+
+    wait_until(empty_backend_answers, "the empty backend to answer 503")
+    assert "backend be_web" in watcher.config
 
 
 def test_routes_by_host(consul_agent, webapps, start_watcher):
@@ -60,10 +65,10 @@ def test_routes_by_host(consul_agent, webapps, start_watcher):
     def tag(host: str) -> str:
         return str(get_json(watcher.http_port, "/", headers={"Host": host})["tag"])
 
-    # The file is written just before the reload: wait for HAProxy itself to route.
-    wait_until(lambda: tag("admin.local:8080") == "admin", "host routing (any port, any case)")
-    assert tag("example.org") == "site"
-    assert tag("api.local") == "api"
+    # Instances pass their checks one by one, and the file is written just before each reload:
+    # wait for HAProxy itself to route all three.
+    wait_until(lambda: (tag("example.org"), tag("api.local"), tag("admin.local:8080")) == ("site", "api", "admin"),
+               "routing by host (any port, any case) with the default service for other hosts")
 
 
 @pytest.fixture
