@@ -137,16 +137,20 @@ class Service:
     instances: tuple[Instance, ...] = ()
     routes: tuple[Route, ...] = ()
     is_default: bool = False
+    # Instances Consul no longer lists that HAProxy still drains: no new requests, kept until
+    # their last request ends. Only the watcher sets these; Consul's view never has any.
+    draining: tuple[Instance, ...] = ()
 
     def __post_init__(self) -> None:
         service_name(self.name)
-        for instance in self.instances:
+        for instance in (*self.instances, *self.draining):
             if instance.service != self.name:
                 raise InvalidValue(f"instance {instance.id!r} belongs to {instance.service!r}, not {self.name!r}")
         # Canonical order so that equal states render to equal bytes.
         object.__setattr__(self, "instances", tuple(sorted(set(self.instances))))
+        object.__setattr__(self, "draining", tuple(sorted(set(self.draining))))
         object.__setattr__(self, "routes", tuple(sorted(set(self.routes), key=_route_key)))
-        names = [i.server_name for i in self.instances]
+        names = [i.server_name for i in (*self.instances, *self.draining)]
         if len(names) != len(set(names)):
             raise InvalidValue(f"service {self.name!r}: two instances map to one server name")
 

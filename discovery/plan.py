@@ -7,7 +7,8 @@ the shape of the configuration (backends, routes, the default service).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from discovery.model import DesiredState, Instance, Service
 
@@ -69,3 +70,47 @@ def diff(current: DesiredState | None, desired: DesiredState) -> Change:
 
 def _routing(service: Service) -> tuple[object, ...]:
     return (service.routes, service.is_default)
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Runtime API steps for a change that leaves the shape of the configuration alone."""
+
+    add: tuple[Instance, ...] = ()
+    drain: tuple[Instance, ...] = ()
+    undrain: tuple[Instance, ...] = ()  # back in Consul while still draining: serve again
+
+
+def membership(change: Change, draining: Iterable[Instance]) -> Membership | None:
+    """The Runtime API steps for `change`, or None when only a reload can apply it."""
+    if change.structural:
+        return None
+    removed = {(i.service, i.server_name) for i in change.removed_instances}
+    if any((i.service, i.server_name) in removed for i in change.added_instances):
+        return None  # one server, a new address: the runtime cannot re-address every family
+    still_draining = {(i.service, i.server_name): i for i in draining}
+    add: list[Instance] = []
+    undrain: list[Instance] = []
+    for instance in change.added_instances:
+        previous = still_draining.get((instance.service, instance.server_name))
+        if previous is None:
+            add.append(instance)
+        elif previous == instance:
+            undrain.append(instance)
+        else:
+            return None
+    return Membership(tuple(add), change.removed_instances, tuple(undrain))
+
+
+def with_draining(state: DesiredState, draining: Iterable[Instance]) -> DesiredState:
+    """What HAProxy should hold: Consul's state plus the servers still draining, so that the file
+    on disk always lists every server the running HAProxy has."""
+    by_service: dict[str, list[Instance]] = {}
+    for instance in draining:
+        by_service.setdefault(instance.service, []).append(instance)
+    services = []
+    for service in state.services:
+        serving = {i.server_name for i in service.instances}
+        extra = tuple(i for i in by_service.get(service.name, ()) if i.server_name not in serving)
+        services.append(replace(service, draining=extra) if extra else service)
+    return DesiredState(tuple(services))

@@ -33,6 +33,8 @@ class RenderSettings:
     user: str | None = None
     group: str | None = None
     maxconn: int = 4096
+    server_state_file: str | None = None
+    sticky: bool = False
 
 
 def quote(value: object) -> str:
@@ -55,6 +57,22 @@ def ordered_routes(state: DesiredState) -> list[tuple[Route, Service]]:
         pairs,
         key=lambda p: (p[0].path is None, p[0].host is None, -len(p[0].path or ""), p[0].host or "", p[1].name),
     )
+
+
+def server_arguments(text: str) -> dict[tuple[str, str], str]:
+    """`(backend, server) -> "addr:port options..."` from a rendered config: what `add server`
+    must be given so that a server added at run time is the one the file describes."""
+    found: dict[tuple[str, str], str] = {}
+    backend = None
+    for raw in text.splitlines():
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        if not raw[0].isspace():
+            backend = words[1] if words[0] == "backend" and len(words) > 1 else None
+        elif backend and words[0] == "server" and len(words) >= 3:
+            found[(backend, words[1])] = " ".join(words[2:])
+    return found
 
 
 class Renderer:

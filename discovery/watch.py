@@ -19,20 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from discovery import cli
+from discovery.applier import APPLY_ERRORS, Applier, ApplySettings
 from discovery.catalog import Catalog, QueryRules, connect
 from discovery.desired import RoutingPolicy, desired_state
 from discovery.haproxy import (
-    ConfigInvalid,
     HAProxyError,
     ManagedHAProxy,
     MasterCLI,
-    ReloadFailed,
-    validate,
-    write_atomic,
 )
-from discovery.model import CatalogEntry, ConsulAddress, DesiredState, InvalidValue
-from discovery.plan import Change, diff
-from discovery.render import DEFAULT_TEMPLATE, Renderer, RenderSettings, TemplateError
+from discovery.model import CatalogEntry, ConsulAddress, InvalidValue
+from discovery.render import DEFAULT_TEMPLATE, RenderSettings
 
 log = logging.getLogger("discovery.watch")
 
@@ -46,12 +42,11 @@ class WatcherConfig:
     consul: ConsulAddress = field(default_factory=lambda: ConsulAddress.parse("http://127.0.0.1:8500"))
     token: str | None = None
     policy: RoutingPolicy = field(default_factory=RoutingPolicy)
-    template: Path = DEFAULT_TEMPLATE
-    output: Path = Path("/etc/haproxy/haproxy.cfg")
-    haproxy_bin: str = "haproxy"
+    apply: ApplySettings = field(
+        default_factory=lambda: ApplySettings(DEFAULT_TEMPLATE, Path("/etc/haproxy/haproxy.cfg"))
+    )
     master_socket: Path = Path("/run/haproxy-master.sock")
     manage_haproxy: bool = False
-    render: RenderSettings = field(default_factory=RenderSettings)
     rules: QueryRules = field(default_factory=QueryRules)
     wait_min: float = 0.2
     wait_max: float = 2.0
@@ -100,109 +95,33 @@ class Mailbox:
         return self.snapshot, reasons
 
 
-class Applier:
-    """Turns a desired state into the running HAProxy's configuration, keeping the last good."""
-
-    def __init__(self, config: WatcherConfig, haproxy: MasterCLI | None) -> None:
-        self.config = config
-        self.renderer = Renderer(config.template)
-        self.haproxy = haproxy
-        self.applied: DesiredState | None = None
-        self.loaded: str | None = None  # the text HAProxy is known to run
-
-    async def adopt_running(self) -> None:
-        """After a watcher restart, HAProxy already runs the file on disk: do not reload it again."""
-        if self.haproxy is None or not self.config.output.exists():
-            return
-        with contextlib.suppress(HAProxyError):
-            await self.haproxy.processes()
-            self.loaded = self.config.output.read_text()
-
-    async def bootstrap(self) -> None:
-        """With no config at all yet, write one with no services so that HAProxy can start and
-        show its stats page while Consul is asked. An existing file is never replaced this way."""
-        if self.config.output.exists():
-            return
-        try:
-            write_atomic(self.config.output, await self.candidate(DesiredState()))
-        except (TemplateError, ConfigInvalid, HAProxyError, OSError) as error:
-            log.error("cannot write a first config (%s): %s", type(error).__name__, error)
-            return
-        log.info("no %s yet: wrote one with no services until Consul answers", self.config.output)
-
-    async def candidate(self, state: DesiredState) -> str:
-        text = self.renderer.render(state, self.config.render)
-        await validate(text, self.config.haproxy_bin, self.config.output.parent)
-        return text
-
-    async def apply(self, state: DesiredState, reasons: list[str]) -> bool:
-        """Apply `state`; log one line saying what changed, why, and how long it took."""
-        started = time.perf_counter()
-        change = diff(self.applied, state)
-        why = "; ".join(reasons) or "start"
-        try:
-            text = await self.candidate(state)
-            if text == self.loaded:
-                self.applied = state
-                if not change.empty:
-                    log.info("no reload needed: %s (why: %s)", change.summary(), why)
-                return True
-            previous = self.config.output.read_text() if self.config.output.exists() else None
-            write_atomic(self.config.output, text)
-            action = await self._reload(previous)
-        except (TemplateError, ConfigInvalid, HAProxyError, OSError) as error:
-            log.error("not applied, keeping the last good config (%s): %s; why: %s; change: %s",
-                      type(error).__name__, error, why, change.summary())
-            return False
-        self.loaded, self.applied = text, state
-        took = (time.perf_counter() - started) * 1000
-        log.info("applied %s in %.0f ms (%s; %d instances in %d services); why: %s",
-                 _describe(change), took, action, state.instance_count, len(state.services), why)
-        return True
-
-    async def _reload(self, previous: str | None) -> str:
-        if self.haproxy is None:
-            return "written, no HAProxy to reload"
-        try:
-            await self.haproxy.reload()
-        except ReloadFailed:
-            # HAProxy refused the new config: put back the one it runs, so that a later
-            # restart does not pick up a config that never ran.
-            if previous is not None:
-                write_atomic(self.config.output, previous)
-            raise
-        return "reloaded"
-
-
-def _describe(change: Change) -> str:
-    return change.summary() if not change.empty else "config (template or settings changed)"
-
-
 async def watch(config: WatcherConfig) -> int:
     if config.once or config.dry_run:
         return await once(config)
+    settings = config.apply
     client = connect(config.consul, config.token, config.rules.client_timeout)
     managed = (
-        ManagedHAProxy(config.haproxy_bin, config.output, config.master_socket) if config.manage_haproxy else None
+        ManagedHAProxy(settings.haproxy_bin, settings.output, config.master_socket) if config.manage_haproxy else None
     )
-    # A managed HAProxy gets its master socket once it runs; until then applying means writing.
-    applier = Applier(config, None if managed else MasterCLI(config.master_socket))
+    applier = Applier(settings, None)
     mailbox = Mailbox()
     catalog = Catalog(client, config.policy.opted_in, mailbox.put, config.rules)
     log.info("watching %s for services tagged %r; writing %s", config.consul, config.policy.tag_prefix,
-             config.output)
+             settings.output)
     fatal: HAProxyError | None = None
     try:
         await applier.bootstrap()
-        if managed and config.output.exists():
+        if managed and settings.output.exists():
             # Serve the last good config at once, even before Consul answers.
-            await _start(managed, applier)
-        await applier.adopt_running()
+            await managed.start()
+        if not managed or managed.process:
+            await applier.attach(MasterCLI(config.master_socket))
         async with asyncio.TaskGroup() as group:
             group.create_task(catalog.run(), name="catalog")
             group.create_task(_apply_loop(config, applier, mailbox, managed), name="apply")
-            if config.template != DEFAULT_TEMPLATE:
-                group.create_task(_watch_template(config.template, mailbox), name="template")
+            group.create_task(_drain_loop(applier), name="drain")
+            if settings.template != DEFAULT_TEMPLATE:
+                group.create_task(_watch_template(settings.template, mailbox), name="template")
     except* HAProxyError as errors:  # only a managed HAProxy that cannot start ends the watcher
         fatal = errors.exceptions[0]  # type: ignore[assignment]
     finally:
@@ -235,18 +154,20 @@ async def _apply_loop(
         except InvalidValue as error:  # e.g. two instances that would share one server name
             log.error("not applied, keeping the last good config: %s", error)
             continue
-        if managed and managed.process is None:
-            if await applier.apply(state, reasons):
-                await _start(managed, applier)
-        elif not await applier.apply(state, reasons):
+        outcome = await applier.apply(state, reasons)
+        if outcome.ok and managed and managed.process is None:
+            await managed.start()
+            await applier.attach(MasterCLI(config.master_socket))
+        elif not outcome.ok:
             asyncio.get_running_loop().call_later(RETRY_FAILED_APPLY, mailbox.put, None, "retry after failure")
         applied_at = time.monotonic()
 
 
-async def _start(managed: ManagedHAProxy, applier: Applier) -> None:
-    await managed.start()
-    applier.haproxy = MasterCLI(managed.master_socket)
-    await applier.adopt_running()
+async def _drain_loop(applier: Applier, every: float = 0.1) -> None:
+    """Removed servers leave as soon as their last request ended: look often, it is cheap."""
+    while True:
+        await asyncio.sleep(every)
+        await applier.finish_drains()
 
 
 async def _watch_template(template: Path, mailbox: Mailbox, every: float = 1.0) -> None:
@@ -288,21 +209,23 @@ async def once(config: WatcherConfig) -> int:
     snapshot, reasons = mailbox.take()
     assert snapshot is not None
     state = desired_state(snapshot, config.policy)
-    applier = Applier(config, MasterCLI(config.master_socket) if config.master_socket.exists() else None)
+    applier = Applier(config.apply, None)
+    output = config.apply.output
     if config.dry_run:
         try:
             text = await applier.candidate(state)
-        except (TemplateError, ConfigInvalid, HAProxyError) as error:
+        except APPLY_ERRORS as error:
             log.error("the rendered config is invalid: %s", error)
             return EXIT_INVALID_CONFIG
-        current = config.output.read_text() if config.output.exists() else ""
+        current = output.read_text() if output.exists() else ""
         sys.stdout.writelines(difflib.unified_diff(
             current.splitlines(keepends=True), text.splitlines(keepends=True),
-            fromfile=str(config.output), tofile=f"{config.output} (rendered)",
+            fromfile=str(output), tofile=f"{output} (rendered)",
         ))
         return cli.EXIT_OK
-    await applier.adopt_running()
-    return cli.EXIT_OK if await applier.apply(state, reasons) else EXIT_INVALID_CONFIG
+    if config.master_socket.exists():
+        await applier.attach(MasterCLI(config.master_socket))
+    return cli.EXIT_OK if (await applier.apply(state, reasons)).ok else EXIT_INVALID_CONFIG
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[WatcherConfig, str]:
@@ -347,6 +270,13 @@ exit codes:
     opt("--stats-bind", env="DISCOVERY_STATS_BIND", default=":1936", help="address:port for the stats page")
     opt("--haproxy-user", env="DISCOVERY_HAPROXY_USER", default=None, help="user HAProxy workers drop to")
     opt("--haproxy-group", env="DISCOVERY_HAPROXY_GROUP", default=None, help="group HAProxy workers drop to")
+    opt("--server-state-file", env="DISCOVERY_SERVER_STATE_FILE", default=None,
+        help="where server state is saved before each reload (default: next to --output, .state)")
+    opt("--drain-timeout", env="DISCOVERY_DRAIN_TIMEOUT", default=15.0, type=cli.positive_seconds,
+        help="longest a removed server may finish its requests before it is cut (e.g. 15s)")
+    opt("--max-reloads-per-minute", env="DISCOVERY_MAX_RELOADS_PER_MINUTE", default=30, type=int,
+        help="cap on full reloads; membership changes never reload")
+    parser.switch("--sticky", env="DISCOVERY_STICKY", help="sticky sessions by cookie in every backend")
     opt("--wait-min", env="DISCOVERY_WAIT_MIN", default=0.2, type=cli.positive_seconds,
         help="quiet time that ends a burst of changes (e.g. 200ms)")
     opt("--wait-max", env="DISCOVERY_WAIT_MAX", default=2.0, type=cli.positive_seconds,
@@ -364,6 +294,9 @@ exit codes:
         parser.error("--wait-max must not be shorter than --wait-min")
     if not 1 <= args.consul_wait <= 600:
         parser.error("--consul-wait must be between 1s and 10m")
+    if args.max_reloads_per_minute < 1:
+        parser.error("--max-reloads-per-minute must be at least 1")
+    output = Path(args.output)
     template = Path(args.template)
     if not template.is_file():
         parser.error(f"--template {template}: no such file")
@@ -372,15 +305,20 @@ exit codes:
             consul=ConsulAddress.parse(args.consul),
             token=args.token,
             policy=RoutingPolicy(args.tag_prefix, args.default_service),
-            template=template,
-            output=Path(args.output),
-            haproxy_bin=args.haproxy_bin,
+            apply=ApplySettings(
+                template=template,
+                output=output,
+                haproxy_bin=args.haproxy_bin,
+                render=RenderSettings(
+                    http_bind=args.http_bind, stats_bind=args.stats_bind, runtime_socket=args.runtime_socket,
+                    user=args.haproxy_user, group=args.haproxy_group, sticky=args.sticky,
+                    server_state_file=args.server_state_file or str(output.with_suffix(".state")),
+                ),
+                drain_timeout=args.drain_timeout,
+                max_reloads_per_minute=args.max_reloads_per_minute,
+            ),
             master_socket=Path(args.master_socket),
             manage_haproxy=args.manage_haproxy,
-            render=RenderSettings(
-                http_bind=args.http_bind, stats_bind=args.stats_bind, runtime_socket=args.runtime_socket,
-                user=args.haproxy_user, group=args.haproxy_group,
-            ),
             rules=QueryRules(wait=args.consul_wait),
             wait_min=args.wait_min,
             wait_max=args.wait_max,
@@ -390,8 +328,8 @@ exit codes:
         )
     except InvalidValue as error:
         parser.error(str(error))
-    if not os.access(config.output.parent, os.W_OK) and not config.dry_run:
-        parser.error(f"--output {config.output}: directory {config.output.parent} is not writable")
+    if not os.access(output.parent, os.W_OK) and not config.dry_run:
+        parser.error(f"--output {output}: directory {output.parent} is not writable")
     return config, args.log_level
 
 

@@ -124,3 +124,27 @@ class Load:
     @property
     def failed(self) -> int:
         return self.total - self.outcomes["ok"]
+
+
+class SlowRequest:
+    """A `POST /delay` sent through HAProxy that stays in flight for `delay_ms`; the constructor
+    returns once `in_flight()` confirms it reached a back end."""
+
+    def __init__(self, proxy_port: int, delay_ms: int, in_flight: Callable[[], bool]) -> None:
+        self.status: int | None = None
+        self._thread = threading.Thread(target=self._send, args=(proxy_port, delay_ms), daemon=True)
+        self._thread.start()
+        wait_until(in_flight, "the slow request to reach its back end")
+
+    def _send(self, proxy_port: int, delay_ms: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=30)
+        try:
+            connection.request("POST", "/delay", body=json.dumps({"delay": delay_ms}),
+                               headers={"Content-Type": "application/json"})
+            self.status = connection.getresponse().status
+        finally:
+            connection.close()
+
+    def result(self, timeout: float = 30) -> int | None:
+        self._thread.join(timeout)
+        return self.status

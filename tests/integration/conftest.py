@@ -3,6 +3,7 @@ apps, and the watcher with the HAProxy it manages. Every fixture cleans up after
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -13,6 +14,9 @@ from typing import Any
 import pytest
 
 import consul
+from discovery.haproxy import MasterCLI
+from discovery.render import server_arguments
+from discovery.runtime import RuntimeAPI
 from tests.support import free_port, get_json, log_text, require, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
@@ -100,6 +104,27 @@ class Watcher:
     log: Path
     http_port: int
     stats_port: int
+    sockets: Path
+
+    def reloads(self) -> int:
+        return asyncio.run(MasterCLI(self.sockets / "master.sock").processes()).master_reloads
+
+    def runtime_servers(self) -> set[tuple[str, str, str]]:
+        """(backend, server, address:port) of every server the running HAProxy has."""
+        lines = asyncio.run(RuntimeAPI(self.sockets / "admin.sock").server_state()).splitlines()[2:]
+        return {(w[1], w[3], f"{w[4]}:{w[18]}") for w in (line.split() for line in lines) if len(w) > 18}
+
+    def file_servers(self) -> set[tuple[str, str, str]]:
+        return {(backend, name, arguments.split()[0])
+                for (backend, name), arguments in server_arguments(self.config).items()}
+
+    def sessions(self, backend: str, server: str) -> int:
+        live = asyncio.run(RuntimeAPI(self.sockets / "admin.sock").stats()).get((backend, server))
+        return live.sessions if live else 0
+
+    def admin_state(self, server: str) -> int:
+        lines = asyncio.run(RuntimeAPI(self.sockets / "admin.sock").server_state()).splitlines()[2:]
+        return next(int(w[6]) for w in (line.split() for line in lines) if len(w) > 6 and w[3] == server)
 
     @property
     def config(self) -> str:
@@ -133,7 +158,7 @@ def start_watcher(tmp_path: Path, consul_agent: ConsulAgent) -> Iterator[Callabl
         ]
         with log.open("wb") as sink:
             process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-        watcher = Watcher(process, output, log, http_port, stats_port)
+        watcher = Watcher(process, output, log, http_port, stats_port, tmp_path)
         started.append(watcher)
         if wait_for_haproxy:
             wait_until(lambda: "haproxy started" in watcher.log_text(), "the watcher to start HAProxy")

@@ -10,27 +10,64 @@ from pathlib import Path
 import pytest
 
 from discovery.render import DEFAULT_TEMPLATE
-from tests.support import Load, get_json, http_get, wait_until
+from tests.support import Load, SlowRequest, get_json, http_get, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def test_instances_come_and_go_without_failed_requests(consul_agent, webapps, start_watcher):
+def test_membership_changes_use_the_runtime_api_without_reload_or_failed_request(consul_agent, webapps,
+                                                                                  start_watcher):
     one, two = webapps.start("one"), webapps.start("two")
     consul_agent.register("web-one", "web", one)
     watcher = start_watcher()
     wait_until(lambda: watcher.tags_served() == {"one"}, "HAProxy to route to instance one")
+    reloads = watcher.reloads()
 
     with Load(watcher.http_port) as load:
         consul_agent.register("web-two", "web", two)
         wait_until(lambda: watcher.tags_served() == {"one", "two"}, "instance two to join")
+        assert watcher.file_servers() == watcher.runtime_servers()
         consul_agent.deregister("web-one")
-        wait_until(lambda: watcher.server_lines() == ["web-two"], "instance one to leave the config")
         wait_until(lambda: watcher.tags_served() == {"two"}, "traffic to stop reaching instance one")
+        wait_until(lambda: "removed web-one from be_web" in watcher.log_text(), "instance one to be removed")
+        assert watcher.file_servers() == watcher.runtime_servers() == {("be_web", "web-two", f"127.0.0.1:{two}")}
     assert load.total > 50 and load.failed == 0, (load.outcomes, load.errors)
+    assert watcher.reloads() == reloads, "a membership change must not reload HAProxy"
     log = watcher.log_text()
-    assert "applied +web-two 127.0.0.1" in log and "reloaded" in log
-    assert "applied -web-one 127.0.0.1" in log
+    assert "applied +web-two 127.0.0.1" in log and "(Runtime API, no reload;" in log
+
+
+def test_a_removed_server_drains_its_requests_before_it_is_deleted(consul_agent, webapps, start_watcher):
+    consul_agent.register("web-slow", "web", webapps.start("slow"))
+    watcher = start_watcher()
+    wait_until(lambda: watcher.tags_served() == {"slow"}, "the first instance served")
+    slow = SlowRequest(watcher.http_port, 3000, lambda: watcher.sessions("be_web", "web-slow") > 0)
+    other = webapps.start("other")
+    consul_agent.register("web-other", "web", other)
+    wait_until(lambda: "other" in watcher.tags_served(), "the second instance served")
+
+    consul_agent.deregister("web-slow")
+    wait_until(lambda: watcher.admin_state("web-slow") & 0x08, "web-slow to drain (admin state DRAIN)")
+    assert "server web-slow" in watcher.config and " disabled" in watcher.config  # listed, draining
+    assert watcher.tags_served() == {"other"}
+    assert "removed web-slow" not in watcher.log_text()  # its request is still running
+    assert slow.result() == 200  # and it finishes on the draining server
+    wait_until(lambda: "removed web-slow from be_web" in watcher.log_text(), "web-slow to be removed")
+    assert watcher.file_servers() == watcher.runtime_servers() == {("be_web", "web-other", f"127.0.0.1:{other}")}
+
+
+def test_a_new_service_is_one_seamless_reload(consul_agent, webapps, start_watcher):
+    consul_agent.register("web-one", "web", webapps.start("one"))
+    watcher = start_watcher()
+    wait_until(lambda: watcher.tags_served() == {"one"}, "the first service")
+    reloads = watcher.reloads()
+    with Load(watcher.http_port) as load:
+        consul_agent.register("api-1", "api", webapps.start("api"), tags=("lb", "lb.host=api.local"))
+        wait_until(lambda: get_json(watcher.http_port, headers={"Host": "api.local"})["tag"] == "api",
+                   "the new service to be routed")
+    assert watcher.reloads() == reloads + 1
+    assert load.failed == 0, (load.outcomes, load.errors)
+    assert watcher.file_servers() == watcher.runtime_servers()
 
 
 def test_only_passing_instances_are_routed(consul_agent, webapps, start_watcher):

@@ -1,7 +1,7 @@
 import pytest
 
 from discovery.model import DesiredState, Instance, Route, Service
-from discovery.render import Renderer, RenderSettings, TemplateError, ordered_routes, quote
+from discovery.render import Renderer, RenderSettings, TemplateError, ordered_routes, quote, server_arguments
 
 # --- quote
 
@@ -65,12 +65,14 @@ def sections(text):
     return found
 
 
-def render(*services):
-    return Renderer().render(DesiredState(tuple(services)), RenderSettings())
+def render(*services, settings=None):
+    return Renderer().render(DesiredState(tuple(services)), settings or RenderSettings())
 
 
 def servers(text, service):
-    return [line for line in sections(text)[f"backend be_{service}"] if line.startswith("server ")]
+    """Each server line of a backend, as `server <name> <address>` (options left out)."""
+    lines = [line.split() for line in sections(text)[f"backend be_{service}"] if line.startswith("server ")]
+    return [" ".join(words[:3]) for words in lines]
 
 
 def test_every_instance_gives_one_server_line_in_its_backend():
@@ -154,3 +156,20 @@ def test_bad_user_template_raises_template_error_naming_the_file(tmp_path, text,
 def test_missing_user_template_raises_template_error(tmp_path):
     with pytest.raises(TemplateError, match="not found"):
         Renderer(tmp_path / "absent.j2").render(DesiredState(), RenderSettings())
+
+
+def test_draining_servers_are_listed_disabled_and_sticky_adds_cookies():
+    draining = instance("web", 2)
+    text = render(Service("web", (instance("web", 1),), draining=(draining,)),
+                  settings=RenderSettings(sticky=True, server_state_file="/run/h.state"))
+    lines = [line for line in sections(text)["backend be_web"] if line.startswith("server ")]
+    assert lines[0].endswith("cookie web-1") and lines[1].endswith("cookie web-2 disabled")
+    assert "server-state-file /run/h.state" in text and "load-server-state-from-file global" in text
+
+
+def test_server_arguments_are_what_add_server_needs():
+    text = render(Service("web", (instance("web", 1),)), Service("api", (instance("api", 3),)))
+    assert server_arguments(text) == {
+        ("be_web", "web-1"): "10.0.0.1:8080 check inter 2s fall 2 rise 2",
+        ("be_api", "api-3"): "10.0.0.3:8080 check inter 2s fall 2 rise 2",
+    }

@@ -108,8 +108,11 @@ def test_defaults(parse, tmp_path):
     assert config.consul == ConsulAddress("http", "127.0.0.1", 8500)
     assert config.token is None
     assert config.policy == RoutingPolicy("lb", None)
-    assert config.template == DEFAULT_TEMPLATE
-    assert config.output == tmp_path / "haproxy.cfg"
+    assert config.apply.template == DEFAULT_TEMPLATE
+    assert config.apply.output == tmp_path / "haproxy.cfg"
+    assert config.apply.render.server_state_file == str(tmp_path / "haproxy.state")
+    assert (config.apply.drain_timeout, config.apply.max_reloads_per_minute) == (15.0, 30)
+    assert not config.apply.render.sticky
     assert (config.wait_min, config.wait_max, config.once_timeout) == (0.2, 2.0, 30.0)
     assert config.rules == QueryRules(wait=55.0)
     assert not (config.manage_haproxy or config.once or config.dry_run)

@@ -1,0 +1,267 @@
+"""Applying a desired state to a running HAProxy, keeping the last good configuration.
+
+Membership changes (servers joining or leaving existing backends) go through the Runtime API
+with no reload: a new server is added and enabled, a removed one is drained, then deleted once
+its last request ended (or at the drain deadline). Anything else — a new or removed backend,
+routes, the template — is a seamless master-worker reload, rate-limited, with the servers'
+state saved first. Either way the file on disk is rendered, validated and written so that it
+always lists exactly the servers the running HAProxy has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from discovery.haproxy import ConfigInvalid, HAProxyError, MasterCLI, ReloadFailed, validate, write_atomic
+from discovery.model import DesiredState, Instance
+from discovery.plan import Change, Membership, diff, membership, with_draining
+from discovery.render import Renderer, RenderSettings, TemplateError, server_arguments
+from discovery.runtime import RuntimeAPI
+
+log = logging.getLogger("discovery.watch")
+
+APPLY_ERRORS = (TemplateError, ConfigInvalid, HAProxyError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplySettings:
+    template: Path
+    output: Path
+    haproxy_bin: str = "haproxy"
+    render: RenderSettings = field(default_factory=RenderSettings)
+    drain_timeout: float = 15.0  # seconds a removed server may keep finishing requests
+    max_reloads_per_minute: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    instance: Instance
+    since: float
+    deadline: float
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (f"be_{self.instance.service}", self.instance.server_name)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    action: str = ""  # "runtime", "reload", "written", "unchanged"
+
+
+class Applier:
+    def __init__(self, settings: ApplySettings, master: MasterCLI | None) -> None:
+        self.settings = settings
+        self.renderer = Renderer(settings.template)
+        self.master = master
+        self.runtime: RuntimeAPI | None = None  # set once HAProxy is known to run
+        self.applied: DesiredState | None = None  # Consul's view, as HAProxy serves it
+        self.loaded: str | None = None  # the text HAProxy is known to run
+        self.draining: dict[tuple[str, str], Drain] = {}
+        self._reloads: collections.deque[float] = collections.deque()
+        self._lock = asyncio.Lock()  # applies and drain completions never interleave
+
+    # --- start-up
+
+    async def attach(self, master: MasterCLI) -> None:
+        """HAProxy runs: after a watcher restart it already runs the file on disk, so adopting
+        that file as loaded spares a needless reload."""
+        self.master = master
+        try:
+            await master.processes()
+        except HAProxyError:
+            return
+        self.runtime = RuntimeAPI(Path(self.settings.render.runtime_socket))
+        if self.settings.output.exists():
+            self.loaded = self.settings.output.read_text()
+
+    async def bootstrap(self) -> None:
+        """With no config at all yet, write one with no services so that HAProxy can start and
+        show its stats page while Consul is asked. An existing file is never replaced this way."""
+        if self.settings.output.exists():
+            return
+        try:
+            write_atomic(self.settings.output, await self.candidate(DesiredState()))
+        except APPLY_ERRORS as error:
+            log.error("cannot write a first config (%s): %s", type(error).__name__, error)
+            return
+        log.info("no %s yet: wrote one with no services until Consul answers", self.settings.output)
+
+    # --- applying
+
+    def render(self, state: DesiredState) -> str:
+        return self.renderer.render(state, self.settings.render)
+
+    async def candidate(self, state: DesiredState) -> str:
+        text = self.render(state)
+        await validate(text, self.settings.haproxy_bin, self.settings.output.parent)
+        return text
+
+    async def apply(self, state: DesiredState, reasons: list[str]) -> Outcome:
+        """Apply `state`; log one line saying what changed, why, how, and how long it took."""
+        async with self._lock:
+            started = time.perf_counter()
+            change = diff(self.applied, state)
+            why = "; ".join(reasons) or "start"
+            try:
+                outcome = await self._runtime_path(state, change) or await self._reload_path(state)
+            except APPLY_ERRORS as error:
+                log.error("not applied, keeping the last good config (%s): %s; why: %s; change: %s",
+                          type(error).__name__, error, why, change.summary())
+                return Outcome(False)
+            self.applied = state
+            took = (time.perf_counter() - started) * 1000
+            if outcome.action != "unchanged":
+                log.info("applied %s in %.1f ms (%s; %d instances in %d services); why: %s",
+                         change.summary() if not change.empty else "config (template or settings changed)",
+                         took, _ACTIONS[outcome.action], state.instance_count, len(state.services), why)
+            return outcome
+
+    async def _runtime_path(self, state: DesiredState, change: Change) -> Outcome | None:
+        """Membership through the Runtime API; None when this change needs a reload instead."""
+        if self.runtime is None or self.applied is None or self.loaded is None or change.empty:
+            return None
+        steps = membership(change, [d.instance for d in self.draining.values()])
+        if steps is None:
+            return None
+        if self.render(self._serving(self.applied)) != self.loaded:
+            return None  # the template or the settings changed too: only a reload applies them
+        now = time.monotonic()
+        for instance in steps.undrain:
+            self.draining.pop((f"be_{instance.service}", instance.server_name), None)
+        for instance in steps.drain:
+            drain = Drain(instance, now, now + self.settings.drain_timeout)
+            self.draining[drain.key] = drain
+        text = self.render(self._serving(state))
+        # The file first: HAProxy never has a server the file does not list, so a restart or a
+        # reload at any moment converges to the same servers.
+        write_atomic(self.settings.output, text)
+        try:
+            await self._runtime_steps(steps, server_arguments(text))
+        except HAProxyError as error:
+            log.warning("Runtime API step failed (%s): reloading instead", error)
+            return None
+        self.loaded = text
+        await self._validate_written(text)
+        return Outcome(True, "runtime")
+
+    async def _runtime_steps(self, steps: Membership, arguments: dict[tuple[str, str], str]) -> None:
+        assert self.runtime is not None
+        for instance in steps.add:
+            key = (f"be_{instance.service}", instance.server_name)
+            await self.runtime.add_server(*key, arguments[key], checked="check" in arguments[key].split())
+        for instance in steps.undrain:
+            await self.runtime.set_state(f"be_{instance.service}", instance.server_name, "ready")
+        for instance in steps.drain:
+            await self.runtime.set_state(f"be_{instance.service}", instance.server_name, "drain")
+
+    async def _reload_path(self, state: DesiredState) -> Outcome:
+        # Drains of backends that are gone end with the reload: the old worker finishes them.
+        services = {s.name for s in state.services}
+        self.draining = {k: d for k, d in self.draining.items() if d.instance.service in services}
+        text = await self.candidate(self._serving(state))
+        if text == self.loaded:
+            return Outcome(True, "unchanged")
+        previous = self.settings.output.read_text() if self.settings.output.exists() else None
+        if self.master is None:
+            write_atomic(self.settings.output, text)
+            return Outcome(True, "written")
+        await self._save_server_state()
+        write_atomic(self.settings.output, text)
+        await self._respect_reload_cap()
+        try:
+            await self.master.reload()
+        except ReloadFailed:
+            # HAProxy refused the new config: put back the one it runs, so that a later
+            # restart does not pick up a config that never ran.
+            if previous is not None:
+                write_atomic(self.settings.output, previous)
+            raise
+        self._reloads.append(time.monotonic())
+        self.loaded = text
+        if self.runtime is None:
+            self.runtime = RuntimeAPI(Path(self.settings.render.runtime_socket))
+        return Outcome(True, "reload")
+
+    async def _validate_written(self, text: str) -> None:
+        """Validate after the fact on the fast path: `haproxy -c` costs ~30 ms, and a file that
+        differs from the last validated one only by server lines of validated values cannot
+        break; if it ever does, say so loudly: the next reload would refuse it."""
+        try:
+            await validate(text, self.settings.haproxy_bin, self.settings.output.parent)
+        except ConfigInvalid as error:
+            log.error("the config written for a Runtime API change does not validate: %s", error)
+
+    def _serving(self, state: DesiredState) -> DesiredState:
+        return with_draining(state, [d.instance for d in self.draining.values()])
+
+    async def _save_server_state(self) -> None:
+        """Servers keep their state (drain, maintenance, health) across the reload."""
+        path = self.settings.render.server_state_file
+        if not path or self.runtime is None:
+            return
+        try:
+            write_atomic(Path(path), await self.runtime.server_state())
+        except (HAProxyError, OSError) as error:
+            log.warning("server state not saved before the reload (%s): servers start fresh", error)
+
+    async def _respect_reload_cap(self) -> None:
+        """At most N reloads a minute: a flapping template or catalog must not exhaust HAProxy
+        (each reload leaves an old worker finishing its connections)."""
+        now = time.monotonic()
+        while self._reloads and now - self._reloads[0] > 60:
+            self._reloads.popleft()
+        if len(self._reloads) >= self.settings.max_reloads_per_minute:
+            delay = 60 - (now - self._reloads[0])
+            log.warning("reload cap of %d a minute reached: waiting %.1f s", self.settings.max_reloads_per_minute,
+                        delay)
+            await asyncio.sleep(delay)
+
+    # --- draining
+
+    async def finish_drains(self) -> None:
+        """Delete each draining server once it has no request left, or at its deadline."""
+        if not self.draining or self.runtime is None or self.applied is None:
+            return
+        async with self._lock:
+            try:
+                stats = await self.runtime.stats()
+            except HAProxyError as error:
+                log.warning("cannot read server stats to finish drains: %s", error)
+                return
+            now = time.monotonic()
+            finished: list[tuple[tuple[str, str], bool, str]] = []
+            for key, drain in list(self.draining.items()):
+                live = stats.get(key)
+                busy = live.sessions + live.queued if live else 0
+                if busy and now < drain.deadline:
+                    continue
+                del self.draining[key]
+                cut = f", {busy} request(s) cut at the deadline" if busy else ""
+                finished.append((key, bool(busy), f"removed {key[1]} from {key[0]} after "
+                                 f"{now - drain.since:.1f} s of draining{cut}"))
+            if not finished:
+                return
+            text = self.render(self._serving(self.applied))
+            write_atomic(self.settings.output, text)  # the file first, as for every runtime change
+            self.loaded = text
+            for key, force, line in finished:
+                with contextlib.suppress(HAProxyError):  # already gone (e.g. after a reload)
+                    await self.runtime.delete_server(*key, force=force)
+                log.info("%s", line)
+            await self._validate_written(text)
+
+
+_ACTIONS = {
+    "runtime": "Runtime API, no reload",
+    "reload": "reloaded",
+    "written": "written, no HAProxy to reload",
+    "unchanged": "unchanged",
+}
