@@ -1,5 +1,7 @@
+import pytest
+
 from discovery.model import DesiredState, Instance, Route, Service
-from discovery.plan import diff
+from discovery.plan import Membership, diff, membership, with_draining
 
 A1 = Instance("a", "a1", "10.0.0.1", 80)
 A2 = Instance("a", "a2", "10.0.0.2", 80)
@@ -37,3 +39,33 @@ def test_equal_states_make_no_change():
 def test_removed_service_removes_its_instances():
     change = diff(state(Service("a", (A1,))), state())
     assert change.removed_services == ("a",) and change.removed_instances == (A1,)
+
+
+def test_membership_adds_and_drains_without_reload():
+    steps = membership(diff(state(Service("a", (A1,))), state(Service("a", (A2,)))), draining=[])
+    assert steps == Membership(add=(A2,), drain=(A1,), undrain=())
+
+
+def test_an_instance_back_while_draining_is_undrained_not_added():
+    steps = membership(diff(state(Service("a", ())), state(Service("a", (A1,)))), draining=[A1])
+    assert steps == Membership(add=(), drain=(), undrain=(A1,))
+
+
+@pytest.mark.parametrize(
+    "before, after, draining",
+    [
+        (state(Service("a", (A1,))), state(Service("a", (A1,)), Service("b")), []),  # new backend
+        (state(Service("a", (A1,))), state(Service("a", (A1,), is_default=True)), []),  # routing
+        (state(Service("a", (A1,))), state(Service("a", (Instance("a", "a1", "10.0.0.9", 80),))), []),  # readdress
+        (state(Service("a", ())), state(Service("a", (A1,))), [Instance("a", "a1", "10.0.0.9", 80)]),
+    ],
+)
+def test_changes_only_a_reload_can_apply(before, after, draining):
+    assert membership(diff(before, after), draining) is None
+
+
+def test_with_draining_lists_draining_servers_beside_serving_ones():
+    merged = with_draining(state(Service("a", (A1,)), Service("b")), [A2, A1, Instance("gone", "g", "10.0.0.7", 80)])
+    assert merged.service("a").draining == (A2,)  # A1 serves again: not listed twice
+    assert merged.service("b").draining == ()
+    assert merged.service("gone") is None
