@@ -12,6 +12,7 @@ Docker or Consul is down: it retries with backoff until they are back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import consul.aio
 from consul.check import Check
 
@@ -41,6 +43,7 @@ class RegistratorConfig:
     network: str | None = None
     resync: float = 30.0
     deregister_after: str = "1m"
+    ready_timeout: float = 30.0
     backoff_max: float = 10.0
 
 
@@ -99,23 +102,73 @@ class Registrator:
         # Containers told to stop but still running (finishing requests): a reconcile in that
         # window must not register them again.
         self.stopping: set[str] = set()
+        self.announcing: dict[str, asyncio.Task[None]] = {}  # service id -> readiness probe
+        self._group: asyncio.TaskGroup | None = None
+        self._http: aiohttp.ClientSession | None = None
 
     # --- Consul side
 
-    async def register(self, reg: Registration) -> None:
+    async def register(self, reg: Registration, *, ready: bool) -> None:
         started = time.perf_counter()
         check = None
         if reg.check:
             check = Check.http(
-                f"http://{_host(reg.address)}:{reg.port}{reg.check.path}", reg.check.interval,
+                _check_url(reg), reg.check.interval,
                 timeout=reg.check.timeout, deregister=self.config.deregister_after,
             )
+            if ready:
+                # Seen ready a moment ago: routable now, not one check interval later.
+                check["Status"] = "passing"
         await self.client.agent.service.register(
             reg.name, service_id=reg.id, address=reg.address, port=reg.port, tags=list(reg.tags),
             check=check, meta=reg.meta,
         )
-        log.info("registered %s (%s:%d, container %s) in %.0f ms", reg.id, reg.address, reg.port,
-                 reg.container[:12], (time.perf_counter() - started) * 1000)
+        log.info("registered %s (%s:%d, container %s, %s) in %.0f ms", reg.id, reg.address, reg.port,
+                 reg.container[:12], "ready" if ready else "not ready yet: Consul's check decides",
+                 (time.perf_counter() - started) * 1000)
+
+    # --- readiness
+
+    def announce(self, reg: Registration) -> None:
+        """Register `reg` once it is ready, in the background; a newer announce replaces an older."""
+        if (previous := self.announcing.pop(reg.id, None)) is not None:
+            previous.cancel()
+        assert self._group is not None, "announce() runs inside run()"
+        self.announcing[reg.id] = self._group.create_task(self._announce(reg), name=f"announce:{reg.id}")
+
+    def forget(self, container: str) -> None:
+        """Stop announcing a container that is stopping (our service IDs end with its short ID)."""
+        for service_id in [sid for sid in self.announcing if sid.endswith(f"-{container[:12]}")]:
+            self.announcing.pop(service_id).cancel()
+
+    async def _announce(self, reg: Registration) -> None:
+        try:
+            ready = reg.check is None or await self.probe(reg)
+            if reg.container not in self.stopping:
+                await self.register(reg, ready=ready)
+        except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
+            log.warning("%s not registered (%s): a resync follows", reg.id, error)
+            self.resync_now.set()
+        finally:
+            if self.announcing.get(reg.id) is asyncio.current_task():
+                del self.announcing[reg.id]
+
+    async def probe(self, reg: Registration) -> bool:
+        """Ask the instance's health endpoint until it answers 2xx, for at most --ready-timeout.
+
+        The registrator's own probe, every 50 ms: Consul's first check would only run up to one
+        interval after registration."""
+        assert reg.check is not None and self._http is not None
+        url, timeout = _check_url(reg), aiohttp.ClientTimeout(total=cli.positive_seconds(reg.check.timeout))
+        give_up = time.monotonic() + self.config.ready_timeout
+        while time.monotonic() < give_up:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                async with self._http.get(url, timeout=timeout, allow_redirects=False) as answer:
+                    if 200 <= answer.status < 300:
+                        return True
+            await asyncio.sleep(0.05)
+        log.warning("%s: %s not ready after %.0f s", reg.id, url, self.config.ready_timeout)
+        return False
 
     async def deregister(self, service_id: str, why: str) -> None:
         started = time.perf_counter()
@@ -150,7 +203,8 @@ class Registrator:
         ]
         plan = sync_plan(wanted, await self.registered())
         for reg in plan.register:
-            await self.register(reg)
+            if reg.id not in self.announcing:
+                self.announce(reg)
         for service_id in plan.deregister:
             await self.deregister(service_id, f"no such running container; {why}")
         level = logging.INFO if not plan.empty or why == "start" else logging.DEBUG
@@ -161,6 +215,7 @@ class Registrator:
         if event.stops:
             if event.action == "kill":
                 self.stopping.add(event.container)
+            self.forget(event.container)
             # Our IDs embed the container ID, so a stop needs no inspect (the container may be gone).
             mine = [sid for sid, s in (await self.registered()).items()
                     if (s.get("Meta") or {}).get("container") == event.container]
@@ -172,7 +227,7 @@ class Registrator:
             if attrs and (attrs.get("State") or {}).get("Running"):
                 reg = self.wanted(attrs)
                 if reg is not None and not _same(reg, (await self.registered()).get(reg.id)):
-                    await self.register(reg)
+                    self.announce(reg)
 
     # --- loops
 
@@ -228,13 +283,16 @@ class Registrator:
                 why = "periodic"
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
+        async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as group:
+            self._http, self._group = http, group
             group.create_task(self.resync_loop(), name="resync")
             group.create_task(self.follow_events(), name="events")
 
 
-def _host(addr: str) -> str:
-    return f"[{addr}]" if ":" in addr else addr
+def _check_url(reg: Registration) -> str:
+    assert reg.check is not None
+    host = f"[{reg.address}]" if ":" in reg.address else reg.address
+    return f"http://{host}:{reg.port}{reg.check.path}"
 
 
 def _backoff(failures: int, ceiling: float) -> float:
@@ -297,6 +355,8 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
         help="Docker network whose container address is registered (default: the container's only network)")
     opt("--resync", env="DISCOVERY_RESYNC", default=30.0, type=cli.positive_seconds,
         help="full reconcile interval (e.g. 30s)")
+    opt("--ready-timeout", env="DISCOVERY_READY_TIMEOUT", default=30.0, type=cli.positive_seconds,
+        help="how long to probe a new container's health path before registering it anyway")
     opt("--deregister-after", env="DISCOVERY_DEREGISTER_AFTER", default="1m",
         help="Consul removes an instance critical for this long (DeregisterCriticalServiceAfter; min 1m)")
     opt("--log-level", env="DISCOVERY_LOG_LEVEL", default="info",
@@ -309,6 +369,7 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
         config = RegistratorConfig(
             consul=ConsulAddress.parse(args.consul), token=args.token, docker_url=args.docker, owner=args.id,
             network=args.network, resync=args.resync, deregister_after=args.deregister_after,
+            ready_timeout=args.ready_timeout,
         )
     except (InvalidValue, ValueError) as error:
         parser.error(str(error))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 IMAGE = "debian:trixie-slim"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def docker_client() -> Iterator[docker.DockerClient]:
     require("docker")
     client = docker.from_env()
@@ -33,6 +33,18 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def webapp_image(docker_client) -> str:
+    """The demo web app's image, built from this tree (the e2e suite reuses the build cache)."""
+    tag = "discovery/webapp:integration"
+    subprocess.run(["docker", "build", "-q", "-f", "images/Dockerfile", "--target", "webapp", "-t", tag, "."],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    return tag
+
+
 class Containers:
     """Opted-in test containers, all carrying one run label so they are always removed."""
 
@@ -40,9 +52,9 @@ class Containers:
         self.client = client
         self.run = uuid.uuid4().hex[:8]
 
-    def start(self, service: str, **labels: str):
+    def start(self, service: str, image: str = IMAGE, command: list[str] | None = None, **labels: str):
         return self.client.containers.run(
-            IMAGE, ["sleep", "600"], detach=True, init=True,
+            image, command if command is not None else ["sleep", "600"], detach=True, init=True,
             labels={"discovery.service": service, "discovery.port": "8080", "discovery.tags": "lb",
                     "discovery-test": self.run, **labels},
         )
@@ -70,8 +82,9 @@ def start_registrator(consul_agent, tmp_path: Path):
         log = tmp_path / f"register-{len(running)}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
+                # These containers never answer their health path: register them after 1 s anyway.
                 [sys.executable, "-m", "discovery.register", "--consul", consul_agent.address, "--id", owner,
-                 "--resync", "2s"],
+                 "--resync", "2s", "--ready-timeout", "1s"],
                 stdout=sink, stderr=subprocess.STDOUT,
             )
         running.append(process)
@@ -79,6 +92,7 @@ def start_registrator(consul_agent, tmp_path: Path):
         return process
 
     start.owner = owner  # type: ignore[attr-defined]
+    start.log = tmp_path / "register-0.log"  # type: ignore[attr-defined]
     try:
         yield start
     finally:
@@ -157,3 +171,15 @@ def test_opted_in_container_with_bad_labels_is_refused_with_a_reason(consul_agen
     containers.start("regtest", **{"discovery.port": "not-a-port"})
     wait_until(lambda: "not registered: port 'not-a-port'" in log_text(tmp_path / "register-0.log"),
                "the refusal in the log")
+
+
+def test_a_ready_container_is_registered_passing_at_once(consul_agent, containers, start_registrator, webapp_image):
+    start_registrator()
+    container = containers.start("readytest", image=webapp_image, command=[],
+                                 **{"discovery.port": "3000", "discovery.check.interval": "1m"})
+    service_id = f"readytest-{container.id[:12]}"
+    # With a 1 minute check interval, only the registrator's own probe can make it pass this soon.
+    wait_until(lambda: any(e["Service"]["ID"] == service_id
+                           for e in consul_agent.client.health.service("readytest", passing=True)[1]),
+               "the instance to be passing right after it is ready", timeout=10)
+    assert "readytest" in log_text(start_registrator.log) and ", ready)" in log_text(start_registrator.log)
