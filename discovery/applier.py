@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from discovery import metrics
 from discovery.haproxy import ConfigInvalid, HAProxyError, MasterCLI, ReloadFailed, validate, write_atomic
 from discovery.model import DesiredState, Instance
 from discovery.plan import Change, Membership, diff, membership, with_draining
@@ -66,20 +67,17 @@ class Applier:
         self.loaded: str | None = None  # the text HAProxy is known to run
         self.draining: dict[tuple[str, str], Drain] = {}
         self._reloads: collections.deque[float] = collections.deque()
+        self.last_apply: dict[str, object] | None = None
+        self.last_error: dict[str, object] | None = None
         self._lock = asyncio.Lock()  # applies and drain completions never interleave
 
     # --- start-up
 
     async def attach(self, master: MasterCLI) -> None:
-        """HAProxy runs: after a watcher restart it already runs the file on disk, so adopting
-        that file as loaded spares a needless reload."""
+        """Use this master CLI from now on. When HAProxy already runs (after a watcher restart),
+        it runs the file on disk: adopting that file as loaded spares a needless reload."""
         self.master = master
-        try:
-            await master.processes()
-        except HAProxyError:
-            return
-        self.runtime = RuntimeAPI(Path(self.settings.render.runtime_socket))
-        if self.settings.output.exists():
+        if await self._haproxy_up() and self.settings.output.exists():
             self.loaded = self.settings.output.read_text()
 
     async def bootstrap(self) -> None:
@@ -108,6 +106,7 @@ class Applier:
         """Apply `state`; log one line saying what changed, why, how, and how long it took."""
         async with self._lock:
             started = time.perf_counter()
+            first = self.applied is None
             change = diff(self.applied, state)
             why = "; ".join(reasons) or "start"
             try:
@@ -115,18 +114,67 @@ class Applier:
             except APPLY_ERRORS as error:
                 log.error("not applied, keeping the last good config (%s): %s; why: %s; change: %s",
                           type(error).__name__, error, why, change.summary())
+                metrics.APPLY_ERRORS.labels(type(error).__name__).inc()
+                self.last_error = {"at": _iso(), "error": f"{type(error).__name__}: {error}", "why": why}
                 return Outcome(False)
             self.applied = state
-            took = (time.perf_counter() - started) * 1000
+            took = time.perf_counter() - started
             if outcome.action != "unchanged":
-                log.info("applied %s in %.1f ms (%s; %d instances in %d services); why: %s",
-                         change.summary() if not change.empty else "config (template or settings changed)",
-                         took, _ACTIONS[outcome.action], state.instance_count, len(state.services), why)
+                what = (change.summary() if not change.empty
+                        else "the first config" if first else "config (template or settings changed)")
+                log.info("applied %s in %.1f ms (%s; %d instances in %d services); why: %s", what, took * 1000,
+                         _ACTIONS[outcome.action], state.instance_count, len(state.services), why)
+                metrics.CHANGES_APPLIED.labels(outcome.action).inc()
+                metrics.APPLY_SECONDS.labels(outcome.action).observe(took)
+                self.last_apply = {"at": _iso(), "what": what, "method": outcome.action,
+                                   "milliseconds": round(took * 1000, 2), "why": why}
+            self._export(state)
+            if outcome.action == "runtime" and self.loaded is not None:
+                await self._validate_written(self.loaded)
             return outcome
+
+    def _export(self, state: DesiredState) -> None:
+        metrics.INSTANCES.clear()
+        for service in state.services:
+            metrics.INSTANCES.labels(service.name).set(len(service.instances))
+        metrics.DRAINING.set(len(self.draining))
+
+    def status(self) -> dict[str, object]:
+        """What `/status` shows of HAProxy's side."""
+        serving = self._serving(self.applied) if self.applied else None
+        return {
+            "services": {
+                s.name: {
+                    "backend": s.backend,
+                    "default": s.is_default,
+                    "routes": [{"host": r.host, "path": r.path} for r in s.routes],
+                    "instances": [{"server": i.server_name, "address": i.endpoint} for i in s.instances],
+                    "draining": [{"server": i.server_name, "address": i.endpoint} for i in s.draining],
+                }
+                for s in (serving.services if serving else ())
+            },
+            "last_apply": self.last_apply,
+            "last_error": self.last_error,
+            "reloads_last_minute": sum(1 for t in self._reloads if time.monotonic() - t <= 60),
+        }
+
+    async def _haproxy_up(self) -> bool:
+        """Whether HAProxy runs now; the Runtime API is used from the moment it does."""
+        if self.master is None:
+            return False
+        try:
+            await self.master.processes()
+        except HAProxyError:
+            return False
+        if self.runtime is None:
+            self.runtime = RuntimeAPI(Path(self.settings.render.runtime_socket))
+        return True
 
     async def _runtime_path(self, state: DesiredState, change: Change) -> Outcome | None:
         """Membership through the Runtime API; None when this change needs a reload instead."""
-        if self.runtime is None or self.applied is None or self.loaded is None or change.empty:
+        if self.applied is None or self.loaded is None or change.empty:
+            return None
+        if self.runtime is None and not await self._haproxy_up():
             return None
         steps = membership(change, [d.instance for d in self.draining.values()])
         if steps is None:
@@ -149,7 +197,6 @@ class Applier:
             log.warning("Runtime API step failed (%s): reloading instead", error)
             return None
         self.loaded = text
-        await self._validate_written(text)
         return Outcome(True, "runtime")
 
     async def _runtime_steps(self, steps: Membership, arguments: dict[tuple[str, str], str]) -> None:
@@ -170,9 +217,13 @@ class Applier:
         if text == self.loaded:
             return Outcome(True, "unchanged")
         previous = self.settings.output.read_text() if self.settings.output.exists() else None
-        if self.master is None:
+        if not await self._haproxy_up():
+            # Nothing to reload: HAProxy loads this file when it starts (its supervisor may be
+            # waiting for exactly this file).
             write_atomic(self.settings.output, text)
+            self.loaded = text
             return Outcome(True, "written")
+        assert self.master is not None  # HAProxy is up: it has a master
         await self._save_server_state()
         write_atomic(self.settings.output, text)
         await self._respect_reload_cap()
@@ -186,8 +237,6 @@ class Applier:
             raise
         self._reloads.append(time.monotonic())
         self.loaded = text
-        if self.runtime is None:
-            self.runtime = RuntimeAPI(Path(self.settings.render.runtime_socket))
         return Outcome(True, "reload")
 
     async def _validate_written(self, text: str) -> None:
@@ -256,12 +305,17 @@ class Applier:
                 with contextlib.suppress(HAProxyError):  # already gone (e.g. after a reload)
                     await self.runtime.delete_server(*key, force=force)
                 log.info("%s", line)
+            metrics.DRAINING.set(len(self.draining))
             await self._validate_written(text)
+
+
+def _iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 _ACTIONS = {
     "runtime": "Runtime API, no reload",
     "reload": "reloaded",
-    "written": "written, no HAProxy to reload",
+    "written": "written; HAProxy not running, it loads this file when it starts",
     "unchanged": "unchanged",
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ import aiohttp
 import consul.aio
 from consul.exceptions import ConsulException
 
+from discovery import metrics
 from discovery.model import CatalogEntry, ConsulAddress, Instance, InvalidValue
 
 log = logging.getLogger(__name__)
@@ -61,15 +63,18 @@ def next_index(previous: int, returned: int) -> int:
 
 
 async def follow_index(
-    fetch: Callable[[int], Awaitable[tuple[int, T]]], what: str, rules: QueryRules
+    fetch: Callable[[int], Awaitable[tuple[int, T]]], what: str, rules: QueryRules,
+    answered: Callable[[str, int], None] | None = None,
 ) -> AsyncIterator[T]:
-    """Yield the result of `fetch` each time it changes; retry failures with backoff for ever."""
+    """Yield the result of `fetch` each time it changes; retry failures with backoff for ever.
+    `answered(what, index)` hears of every answer, changed or not."""
     index, failures = 0, 0
     last: Any = object()
     while True:
         try:
             returned, data = await fetch(index)
         except TRANSIENT as error:
+            metrics.CONSUL_ERRORS.labels(what).inc()
             failures += 1
             delay = rules.backoff(failures)
             level = logging.WARNING if failures == 1 or failures % 20 == 0 else logging.DEBUG
@@ -80,6 +85,10 @@ async def follow_index(
         if failures:
             log.info("%s: Consul answers again after %d failed attempt(s)", what, failures)
             failures = 0
+        metrics.CONSUL_INDEX.labels(what).set(returned)
+        metrics.CONSUL_LAST_ANSWER.labels(what).set(metrics.now())
+        if answered is not None:
+            answered(what, returned)
         woke_without_change = returned == index
         index = next_index(index, returned)
         if data != last:
@@ -132,15 +141,28 @@ class Catalog:
         self._tags: dict[str, frozenset[str]] = {}
         self._instances: dict[str, tuple[Instance, ...]] = {}
         self._refused: dict[str, list[str]] = {}
+        self.answers: dict[str, tuple[int, float]] = {}  # query -> (index, when), for /status
+
+    def _answered(self, what: str, index: int) -> None:
+        self.answers[what] = (index, time.time())
+
+    def status(self) -> dict[str, object]:
+        now = time.time()
+        return {
+            "complete": self._tags.keys() <= self._instances.keys(),
+            "queries": {what: {"index": index, "seconds_since_answer": round(now - when, 3)}
+                        for what, (index, when) in sorted(self.answers.items())},
+        }
 
     async def run(self) -> None:
         followers: dict[str, asyncio.Task[None]] = {}
         async with asyncio.TaskGroup() as group:
-            async for services in follow_index(self._fetch_services, "catalog", self.rules):
+            async for services in follow_index(self._fetch_services, "catalog", self.rules, self._answered):
                 wanted = {name: frozenset(tags or ()) for name, tags in services.items()}
                 wanted = {name: tags for name, tags in wanted.items() if self.opted_in(tags)}
                 for gone in followers.keys() - wanted.keys():
                     followers.pop(gone).cancel()
+                    self.answers.pop(f"service {gone}", None)
                     self._instances.pop(gone, None)
                     self._refused.pop(gone, None)
                 self._tags = wanted
@@ -159,11 +181,12 @@ class Catalog:
             )
             return int(returned), entries or []
 
-        async for entries in follow_index(fetch, f"service {name}", self.rules):
+        async for entries in follow_index(fetch, f"service {name}", self.rules, self._answered):
             instances, refused = parse_instances(name, entries)
             if refused != self._refused.get(name):
                 for reason in refused:
                     log.warning("service %s: not routing %s", name, reason)
+                    metrics.REFUSED.labels("instance").inc()
             self._refused[name] = refused
             self._instances[name] = instances
             self._publish(f"health of {name} changed")
@@ -178,6 +201,7 @@ class Catalog:
         snapshot = tuple(
             CatalogEntry(name, tags, self._instances[name]) for name, tags in sorted(self._tags.items())
         )
+        metrics.CHANGES_SEEN.inc()
         self.publish(snapshot, reason)
 
 

@@ -60,6 +60,16 @@ def positive_seconds(text: str) -> float:
     return number
 
 
+def listen_address(text: str) -> str | None:
+    """`host:port`, `:port` (every address) or `off`."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    host, sep, number = text.rpartition(":")
+    if not sep or not number.isdigit() or not 0 < int(number) < 65536 or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r} is not host:port, :port or off")
+    return text
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr,

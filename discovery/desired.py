@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from discovery import metrics
 from discovery.model import CatalogEntry, DesiredState, InvalidValue, Route, Service, service_name
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def desired_state(catalog: Iterable[CatalogEntry], policy: RoutingPolicy) -> Des
         routes, is_default, refused = parse_routes(entry.tags, policy.tag_prefix)
         for reason in refused:
             log.warning("service %s: ignoring %s", entry.name, reason)
+            metrics.REFUSED.labels("tag").inc()
         if policy.default_service is not None:
             # An explicit --default-service wins over tags, so that two services tagged
             # default never leave the frontend ambiguous.

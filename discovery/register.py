@@ -24,7 +24,7 @@ import aiohttp
 import consul.aio
 from consul.check import Check
 
-from discovery import cli
+from discovery import cli, metrics
 from discovery.catalog import TRANSIENT as CONSUL_TRANSIENT
 from discovery.catalog import QueryRules, connect
 from discovery.containers import TRANSIENT as DOCKER_TRANSIENT
@@ -44,6 +44,7 @@ class RegistratorConfig:
     resync: float = 30.0
     deregister_after: str = "1m"
     ready_timeout: float = 30.0
+    listen: str | None = "127.0.0.1:9106"
     backoff_max: float = 10.0
 
 
@@ -123,6 +124,7 @@ class Registrator:
             reg.name, service_id=reg.id, address=reg.address, port=reg.port, tags=list(reg.tags),
             check=check, meta=reg.meta,
         )
+        metrics.REGISTRATIONS.labels("yes" if ready else "no").inc()
         log.info("registered %s (%s:%d, container %s, %s) in %.0f ms", reg.id, reg.address, reg.port,
                  reg.container[:12], "ready" if ready else "not ready yet: Consul's check decides",
                  (time.perf_counter() - started) * 1000)
@@ -147,6 +149,7 @@ class Registrator:
             if reg.container not in self.stopping:
                 await self.register(reg, ready=ready)
         except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
+            metrics.REGISTRATOR_ERRORS.labels(_side(error)).inc()
             log.warning("%s not registered (%s): a resync follows", reg.id, error)
             self.resync_now.set()
         finally:
@@ -173,6 +176,7 @@ class Registrator:
     async def deregister(self, service_id: str, why: str) -> None:
         started = time.perf_counter()
         await self.client.agent.service.deregister(service_id)
+        metrics.DEREGISTRATIONS.labels(why.split(";")[0].removeprefix("container ")).inc()
         log.info("deregistered %s (%s) in %.0f ms", service_id, why, (time.perf_counter() - started) * 1000)
 
     async def registered(self) -> dict[str, dict[str, Any]]:
@@ -212,6 +216,7 @@ class Registrator:
                 why, len(wanted), len(plan.register), len(plan.deregister))
 
     async def handle(self, event: ContainerEvent) -> None:
+        metrics.DOCKER_EVENTS.labels(event.action).inc()
         if event.stops:
             if event.action == "kill":
                 self.stopping.add(event.container)
@@ -246,10 +251,12 @@ class Registrator:
                     try:
                         await self.handle(event)
                     except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
+                        metrics.REGISTRATOR_ERRORS.labels(_side(error)).inc()
                         log.warning("event %s of %s not handled (%s): a resync follows",
                                     event.action, event.container[:12], error)
                         self.resync_now.set()
             except DOCKER_TRANSIENT as error:
+                metrics.REGISTRATOR_ERRORS.labels("docker").inc()
                 failures += 1
                 delay = _backoff(failures, self.config.backoff_max)
                 log.warning("Docker event stream broken (%s); resuming in %.1fs", error, delay)
@@ -267,6 +274,7 @@ class Registrator:
                 await self.reconcile(why)
                 failures = 0
             except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
+                metrics.REGISTRATOR_ERRORS.labels(_side(error)).inc()
                 failures += 1
                 delay = _backoff(failures, self.config.backoff_max)
                 log.warning("reconcile failed (%s: %s); retry %d in %.1fs", type(error).__name__, error,
@@ -287,6 +295,10 @@ class Registrator:
             self._http, self._group = http, group
             group.create_task(self.resync_loop(), name="resync")
             group.create_task(self.follow_events(), name="events")
+
+
+def _side(error: BaseException) -> str:
+    return "docker" if isinstance(error, DOCKER_TRANSIENT) else "consul"
 
 
 def _check_url(reg: Registration) -> str:
@@ -314,10 +326,13 @@ async def serve(config: RegistratorConfig) -> int:
             await asyncio.sleep(delay)
     client = connect(config.consul, config.token, QueryRules().client_timeout)
     log.info("registering containers of %s into %s as %r", config.docker_url or "local Docker", config.consul, owner)
+    server = await metrics.serve(metrics.app(), config.listen) if config.listen else None
     try:
         await Registrator(config, containers, client, owner).run()
     finally:
         await client.close()
+        if server:
+            await server.cleanup()
     return cli.EXIT_OK
 
 
@@ -359,6 +374,8 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
         help="how long to probe a new container's health path before registering it anyway")
     opt("--deregister-after", env="DISCOVERY_DEREGISTER_AFTER", default="1m",
         help="Consul removes an instance critical for this long (DeregisterCriticalServiceAfter; min 1m)")
+    opt("--listen", env="DISCOVERY_LISTEN", default="127.0.0.1:9106", type=cli.listen_address,
+        help="host:port for /metrics and /health ('off' to disable)")
     opt("--log-level", env="DISCOVERY_LOG_LEVEL", default="info",
         choices=["debug", "info", "warning", "error"], help="log verbosity")
     args = parser.parse_args(argv)
@@ -369,7 +386,7 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
         config = RegistratorConfig(
             consul=ConsulAddress.parse(args.consul), token=args.token, docker_url=args.docker, owner=args.id,
             network=args.network, resync=args.resync, deregister_after=args.deregister_after,
-            ready_timeout=args.ready_timeout,
+            ready_timeout=args.ready_timeout, listen=args.listen,
         )
     except (InvalidValue, ValueError) as error:
         parser.error(str(error))

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from discovery import cli
+from discovery import cli, metrics
 from discovery.applier import APPLY_ERRORS, Applier, ApplySettings
 from discovery.catalog import Catalog, QueryRules, connect
 from discovery.desired import RoutingPolicy, desired_state
@@ -53,6 +53,7 @@ class WatcherConfig:
     once: bool = False
     dry_run: bool = False
     once_timeout: float = 30.0
+    listen: str | None = "127.0.0.1:9105"
 
 
 def apply_at(first: float, last: float, applied: float | None, wait_min: float, wait_max: float) -> float:
@@ -109,6 +110,12 @@ async def watch(config: WatcherConfig) -> int:
     log.info("watching %s for services tagged %r; writing %s", config.consul, config.policy.tag_prefix,
              settings.output)
     fatal: HAProxyError | None = None
+    server = None
+    if config.listen:
+        status = metrics.app(lambda: {"consul": {"address": str(config.consul), **catalog.status()},
+                                      **applier.status()})
+        server = await metrics.serve(status, config.listen)
+        log.info("metrics and status on http://%s/ (/metrics, /status, /health)", config.listen)
     try:
         await applier.bootstrap()
         if managed and settings.output.exists():
@@ -128,6 +135,8 @@ async def watch(config: WatcherConfig) -> int:
         await client.close()
         if managed:
             await managed.stop()
+        if server:
+            await server.cleanup()
     if fatal is not None:
         log.error("fatal: %s", fatal)
         return cli.EXIT_FATAL
@@ -285,6 +294,8 @@ exit codes:
         help="blocking-query wait sent to Consul (at most 10m)")
     opt("--once-timeout", env="DISCOVERY_ONCE_TIMEOUT", default=30.0, type=cli.positive_seconds,
         help="--once/--dry-run: how long to wait for Consul")
+    opt("--listen", env="DISCOVERY_LISTEN", default="127.0.0.1:9105", type=cli.listen_address,
+        help="host:port for /metrics, /status and /health ('off' to disable)")
     opt("--log-level", env="DISCOVERY_LOG_LEVEL", default="info",
         choices=["debug", "info", "warning", "error"], help="log verbosity")
     parser.add_argument("--once", action="store_true", help="render, validate, write and reload once, then exit")
@@ -325,6 +336,7 @@ exit codes:
             once=args.once,
             dry_run=args.dry_run,
             once_timeout=args.once_timeout,
+            listen=args.listen,
         )
     except InvalidValue as error:
         parser.error(str(error))

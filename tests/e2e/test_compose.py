@@ -84,6 +84,14 @@ def test_two_web_apps_answer_in_turn(stack):
         assert headers["x-backend-host"] == body["host"] and "set-cookie" in headers
 
 
+def test_watcher_status_matches_the_running_web_apps(stack):
+    status = json.loads(compose("exec", "-T", "ha", "python3", "-c",
+                                "import urllib.request; print(urllib.request.urlopen("
+                                "'http://127.0.0.1:9105/status').read().decode())").stdout)
+    assert {i["server"] for i in status["services"]["webapp"]["instances"]} == webapp_ids()
+    assert status["services"]["webapp"]["default"] and status["last_error"] is None
+
+
 def test_stats_page_lists_the_web_apps(stack):
     status, _, page = http_get(STATS, "/")
     assert status == 200

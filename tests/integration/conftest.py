@@ -105,6 +105,7 @@ class Watcher:
     http_port: int
     stats_port: int
     sockets: Path
+    status_port: int
 
     def reloads(self) -> int:
         return asyncio.run(MasterCLI(self.sockets / "master.sock").processes()).master_reloads
@@ -146,7 +147,7 @@ def start_watcher(tmp_path: Path, consul_agent: ConsulAgent) -> Iterator[Callabl
     started: list[Watcher] = []
 
     def start(*extra: str, wait_for_haproxy: bool = True, **env: Any) -> Watcher:
-        http_port, stats_port = free_port(), free_port()
+        http_port, stats_port, status_port = free_port(), free_port(), free_port()
         output = tmp_path / "haproxy.cfg"
         log = tmp_path / f"watch-{len(started)}.log"
         command = [
@@ -154,11 +155,11 @@ def start_watcher(tmp_path: Path, consul_agent: ConsulAgent) -> Iterator[Callabl
             "--output", str(output), "--master-socket", str(tmp_path / "master.sock"),
             "--runtime-socket", str(tmp_path / "admin.sock"), "--manage-haproxy",
             "--http-bind", f"127.0.0.1:{http_port}", "--stats-bind", f"127.0.0.1:{stats_port}",
-            "--wait-min", "50ms", "--wait-max", "500ms", *extra,
+            "--listen", f"127.0.0.1:{status_port}", "--wait-min", "50ms", "--wait-max", "500ms", *extra,
         ]
         with log.open("wb") as sink:
             process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-        watcher = Watcher(process, output, log, http_port, stats_port, tmp_path)
+        watcher = Watcher(process, output, log, http_port, stats_port, tmp_path, status_port)
         started.append(watcher)
         if wait_for_haproxy:
             wait_until(lambda: "haproxy started" in watcher.log_text(), "the watcher to start HAProxy")

@@ -13,7 +13,7 @@ import pytest
 
 from discovery.containers import registration
 from discovery.register import owned
-from tests.support import log_text, require, stop_process, wait_until
+from tests.support import free_port, http_get, log_text, require, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +76,7 @@ def containers(docker_client) -> Iterator[Containers]:
 @pytest.fixture
 def start_registrator(consul_agent, tmp_path: Path):
     owner = f"test-{uuid.uuid4().hex[:8]}"
+    listen_port = free_port()
     running: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:
@@ -84,7 +85,7 @@ def start_registrator(consul_agent, tmp_path: Path):
             process = subprocess.Popen(
                 # These containers never answer their health path: register them after 1 s anyway.
                 [sys.executable, "-m", "discovery.register", "--consul", consul_agent.address, "--id", owner,
-                 "--resync", "2s", "--ready-timeout", "1s"],
+                 "--resync", "2s", "--ready-timeout", "1s", "--listen", f"127.0.0.1:{listen_port}"],
                 stdout=sink, stderr=subprocess.STDOUT,
             )
         running.append(process)
@@ -92,6 +93,7 @@ def start_registrator(consul_agent, tmp_path: Path):
         return process
 
     start.owner = owner  # type: ignore[attr-defined]
+    start.listen_port = listen_port  # type: ignore[attr-defined]
     start.log = tmp_path / "register-0.log"  # type: ignore[attr-defined]
     try:
         yield start
@@ -183,3 +185,16 @@ def test_a_ready_container_is_registered_passing_at_once(consul_agent, container
                            for e in consul_agent.client.health.service("readytest", passing=True)[1]),
                "the instance to be passing right after it is ready", timeout=10)
     assert "readytest" in log_text(start_registrator.log) and ", ready)" in log_text(start_registrator.log)
+
+
+def test_registrator_metrics_count_registrations(consul_agent, containers, start_registrator):
+    start_registrator()
+    container = containers.start("regtest")
+    wait_until(lambda: f"regtest-{container.id[:12]}" in ours(consul_agent, start_registrator.owner),
+               "the registration")
+    container.stop(timeout=1)
+    wait_until(lambda: 'discovery_deregistrations_total{why="kill"} 1.0' in
+               http_get(start_registrator.listen_port, "/metrics")[2].decode(), "the deregistration metric")
+    metrics = http_get(start_registrator.listen_port, "/metrics")[2].decode()
+    assert 'discovery_registrations_total{ready="no"} 1.0' in metrics  # `sleep` never answers /health
+    assert 'discovery_docker_events_total{action="start"} 1.0' in metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,35 @@ def test_once_without_consul_exits_4(tmp_path: Path):
     )
     assert result.returncode == 4
     assert "no complete answer from Consul" in result.stderr
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    return {name: float(value) for name, _, value in
+            (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))}
+
+
+def test_metrics_and_status_expose_what_the_watcher_did(consul_agent, webapps, start_watcher):
+    consul_agent.register("web-one", "web", webapps.start("one"))
+    watcher = start_watcher()
+    wait_until(lambda: watcher.tags_served() == {"one"}, "the first config")
+    consul_agent.register("web-two", "web", webapps.start("two"))
+    wait_until(lambda: watcher.tags_served() == {"one", "two"}, "a membership change")
+
+    status = get_json(watcher.status_port, "/status")
+    assert status["services"]["web"]["instances"] == [
+        {"server": "web-one", "address": f"127.0.0.1:{webapps.processes['one'][0]}"},
+        {"server": "web-two", "address": f"127.0.0.1:{webapps.processes['two'][0]}"},
+    ]
+    assert status["last_apply"]["method"] == "runtime" and "+web-two" in status["last_apply"]["what"]
+    assert status["last_error"] is None and status["consul"]["complete"]
+    assert status["consul"]["queries"]["service web"]["index"] > 0
+
+    metrics = prometheus_samples(http_get(watcher.status_port, "/metrics")[2].decode())
+    runtime, reloads = (metrics[f'discovery_changes_applied_total{{method="{m}"}}'] for m in ("runtime", "reload"))
+    assert runtime >= 1 and reloads >= 1  # web-two by the Runtime API, the new service by a reload
+    assert metrics['discovery_apply_seconds_count{method="runtime"}'] == runtime
+    assert metrics['discovery_instances{service="web"}'] == 2
+    assert metrics['discovery_consul_index{query="service web"}'] > 0
+    assert time.time() - metrics['discovery_consul_last_answer_timestamp_seconds{query="catalog"}'] < 60
+    _, _, page = http_get(watcher.stats_port, "/metrics")  # HAProxy's own exporter
+    assert b"haproxy_backend_active_servers" in page
