@@ -1,91 +1,22 @@
-"""Fixtures that start real processes on free loopback ports: a `consul agent -dev`, demo web
-apps, and the watcher with the HAProxy it manages. Every fixture cleans up after itself."""
+"""Fixtures that start real processes on free loopback ports (see tests/processes.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import consul
-from discovery.haproxy import MasterCLI
-from discovery.render import server_arguments
-from discovery.runtime import RuntimeAPI
-from tests.support import free_port, get_json, log_text, require, stop_process, wait_until
+from tests.processes import ConsulAgent, Watcher, WebApps, consul_dev, watcher_process
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class ConsulAgent:
-    port: int
-    process: subprocess.Popen[bytes]
-    client: consul.Consul
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def register(self, service_id: str, name: str, port: int, tags: tuple[str, ...] = ("lb", "lb.default"),
-                 check_path: str | None = "/health") -> None:
-        check = consul.Check.http(f"http://127.0.0.1:{port}{check_path}", "500ms") if check_path else None
-        self.client.agent.service.register(name, service_id=service_id, address="127.0.0.1", port=port,
-                                           tags=list(tags), check=check)
-
-    def wait_passing(self, name: str, count: int) -> None:
-        wait_until(lambda: len(self.client.health.service(name, passing=True)[1]) == count,
-                   f"{count} passing instance(s) of {name} in Consul")
-
-    def deregister(self, service_id: str) -> None:
-        self.client.agent.service.deregister(service_id)
-
-
 @pytest.fixture
 def consul_agent(tmp_path: Path) -> Iterator[ConsulAgent]:
-    binary = require("consul")
-    port = free_port()
-    ports = {flag: free_port() for flag in ("-serf-lan-port", "-serf-wan-port", "-server-port")}
-    command = [binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-http-port", str(port),
-               "-dns-port", "-1", "-grpc-port", "-1", "-node", f"test-{port}",
-               *[f"{flag}={value}" for flag, value in ports.items()]]
-    log = tmp_path / "consul.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    client = consul.Consul(host="127.0.0.1", port=port)
-    agent = ConsulAgent(port, process, client)
-    try:
-        wait_until(lambda: process.poll() is None and client.status.leader(), "Consul to elect itself leader",
-                   timeout=30)
+    with consul_dev(tmp_path) as agent:
         yield agent
-    finally:
-        stop_process(process)
-
-
-@dataclass
-class WebApps:
-    """Demo web apps on loopback, told apart by their TAG."""
-
-    processes: dict[str, tuple[int, subprocess.Popen[bytes]]] = field(default_factory=dict)
-
-    def start(self, tag: str) -> int:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "discovery.webapp", "--host", "127.0.0.1", "--port", str(port), "--tag", tag],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.processes[tag] = (port, process)
-        wait_until(lambda: get_json(port, "/health"), f"web app {tag} to answer")
-        return port
-
-    def stop_all(self) -> None:
-        for _, process in self.processes.values():
-            stop_process(process)
 
 
 @pytest.fixture
@@ -97,76 +28,16 @@ def webapps() -> Iterator[WebApps]:
         apps.stop_all()
 
 
-@dataclass
-class Watcher:
-    process: subprocess.Popen[bytes]
-    output: Path
-    log: Path
-    http_port: int
-    stats_port: int
-    sockets: Path
-    status_port: int
-
-    def reloads(self) -> int:
-        return asyncio.run(MasterCLI(self.sockets / "master.sock").processes()).master_reloads
-
-    def runtime_servers(self) -> set[tuple[str, str, str]]:
-        """(backend, server, address:port) of every server the running HAProxy has."""
-        lines = asyncio.run(RuntimeAPI(self.sockets / "admin.sock").server_state()).splitlines()[2:]
-        return {(w[1], w[3], f"{w[4]}:{w[18]}") for w in (line.split() for line in lines) if len(w) > 18}
-
-    def file_servers(self) -> set[tuple[str, str, str]]:
-        return {(backend, name, arguments.split()[0])
-                for (backend, name), arguments in server_arguments(self.config).items()}
-
-    def sessions(self, backend: str, server: str) -> int:
-        live = asyncio.run(RuntimeAPI(self.sockets / "admin.sock").stats()).get((backend, server))
-        return live.sessions if live else 0
-
-    def admin_state(self, server: str) -> int:
-        lines = asyncio.run(RuntimeAPI(self.sockets / "admin.sock").server_state()).splitlines()[2:]
-        return next(int(w[6]) for w in (line.split() for line in lines) if len(w) > 6 and w[3] == server)
-
-    @property
-    def config(self) -> str:
-        return self.output.read_text() if self.output.exists() else ""
-
-    def server_lines(self) -> list[str]:
-        return [line.split()[1] for line in self.config.splitlines() if line.strip().startswith("server ")]
-
-    def log_text(self) -> str:
-        return log_text(self.log)
-
-    def tags_served(self, requests: int = 12) -> set[str]:
-        return {get_json(self.http_port)["tag"] for _ in range(requests)}
-
-
 @pytest.fixture
 def start_watcher(tmp_path: Path, consul_agent: ConsulAgent) -> Iterator[Callable[..., Watcher]]:
-    require("haproxy")
-    started: list[Watcher] = []
+    with ExitStack() as stack:
+        started: list[Watcher] = []
 
-    def start(*extra: str, wait_for_haproxy: bool = True, **env: Any) -> Watcher:
-        http_port, stats_port, status_port = free_port(), free_port(), free_port()
-        output = tmp_path / "haproxy.cfg"
-        log = tmp_path / f"watch-{len(started)}.log"
-        command = [
-            sys.executable, "-m", "discovery.watch", "--consul", consul_agent.address,
-            "--output", str(output), "--master-socket", str(tmp_path / "master.sock"),
-            "--runtime-socket", str(tmp_path / "admin.sock"), "--manage-haproxy",
-            "--http-bind", f"127.0.0.1:{http_port}", "--stats-bind", f"127.0.0.1:{stats_port}",
-            "--listen", f"127.0.0.1:{status_port}", "--wait-min", "50ms", "--wait-max", "500ms", *extra,
-        ]
-        with log.open("wb") as sink:
-            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-        watcher = Watcher(process, output, log, http_port, stats_port, tmp_path, status_port)
-        started.append(watcher)
-        if wait_for_haproxy:
-            wait_until(lambda: "haproxy started" in watcher.log_text(), "the watcher to start HAProxy")
-        return watcher
+        def start(*extra: str, wait_for_haproxy: bool = True) -> Watcher:
+            watcher = stack.enter_context(watcher_process(
+                tmp_path, consul_agent.address, *extra, name=f"watch-{len(started)}",
+                wait_for_haproxy=wait_for_haproxy))
+            started.append(watcher)
+            return watcher
 
-    try:
         yield start
-    finally:
-        for watcher in started:
-            stop_process(watcher.process)
