@@ -213,4 +213,7 @@ def connect(address: ConsulAddress, token: str | None, timeout: float) -> consul
         scheme=address.scheme,
         token=token or None,
         connections_timeout=timeout,
+        # One connection per blocking query: aiohttp's default pool of 100 would make the 101st
+        # query wait for another's 55 s wait to end.
+        connections_limit=100_000,
     )

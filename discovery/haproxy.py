@@ -152,10 +152,11 @@ class MasterCLI:
 class ManagedHAProxy:
     """An HAProxy master process owned by the watcher (`--manage-haproxy`)."""
 
-    def __init__(self, haproxy_bin: str, config: Path, master_socket: Path) -> None:
+    def __init__(self, haproxy_bin: str, config: Path, master_socket: Path, log: int | None = None) -> None:
         self.haproxy_bin = haproxy_bin
         self.config = config
         self.master_socket = master_socket
+        self.log = log  # where HAProxy's own messages go: a file descriptor, or our stderr
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, within: float = 10.0) -> None:
@@ -163,6 +164,7 @@ class ManagedHAProxy:
             self.master_socket.unlink()
         self.process = await asyncio.create_subprocess_exec(
             self.haproxy_bin, "-W", "-db", "-S", f"{self.master_socket},mode,600", "-f", str(self.config),
+            stdout=self.log, stderr=self.log,
         )
         cli = MasterCLI(self.master_socket)
         give_up = time.monotonic() + within

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import consul
+
 from discovery.haproxy import MasterCLI
 from discovery.render import server_arguments
 from discovery.runtime import RuntimeAPI
@@ -80,9 +81,12 @@ class WebApps:
         wait_until(lambda: get_json(port, "/health"), f"web app {tag} to answer")
         return port
 
+    def stop(self, tag: str) -> None:
+        stop_process(self.processes.pop(tag)[1])
+
     def stop_all(self) -> None:
-        for _, process in self.processes.values():
-            stop_process(process)
+        for tag in list(self.processes):
+            self.stop(tag)
 
 
 @dataclass

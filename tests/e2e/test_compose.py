@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import consul
 import pytest
 
-import consul
 from tests.support import Load, http_get, require, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -1,0 +1,132 @@
+"""The benchmark: the physical floor, this project and the lab's Serf design, in one run.
+
+    bash bench/run [--quick]        (sets itself up; see README)
+
+Prints a table, writes bench/results/results.json and bench/results/latency.png, and rewrites
+bench/RESULTS.md with the table, the date and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+from bench import floor, load, project, report, scale
+from tests.processes import WebApps, consul_dev, watcher_process
+from tests.support import require
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def summary(samples: dict[str, list[float]]) -> None:
+    for key, values in samples.items():
+        log(f"  {key}: n={len(values)} p50={report.percentile(values, 0.5) * 1000:.1f} ms "
+            f"p99={report.percentile(values, 0.99) * 1000:.1f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bash bench/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run, not for RESULTS.md)")
+    parser.add_argument("--skip-serf", action="store_true", help="leave out the Serf baseline")
+    args = parser.parse_args(argv)
+    n = 20 if args.quick else 200
+    for binary in ("consul", "haproxy", "docker") + (() if args.skip_serf else ("serf",)):
+        require(binary)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    samples: dict[str, list[float]] = {}
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        agent = stack.enter_context(consul_dev(workdir))
+        log(f"[bench] floor ({n} samples each)")
+        samples |= floor.measure_floor(agent.client, workdir, n)
+        summary(samples)
+
+        watcher = stack.enter_context(watcher_process(workdir, agent.address, "--wait-min", "100ms", "--wait-max", "1s",
+                                                      "--max-reloads-per-minute", "1000", name="bench-watch"))
+        apps = WebApps()
+        stack.callback(apps.stop_all)
+        log(f"[bench] project: passing → routable, deregister → last request ({n} each)")
+        found = project.passing_and_deregister(agent.client, watcher, apps.start("probe"), n, log)
+        summary(found)
+        samples |= found
+
+        log(f"[bench] project: ready → routable, kill → out of rotation ({n} containers)")
+        image = _webapp_image()
+        docker_client = docker.from_env()
+        stack.callback(docker_client.close)
+        with project.registrator(agent.address, workdir):
+            found = project.ready_and_kill(agent.client, docker_client, image, watcher, n, log)
+        summary(found)
+        samples |= found
+
+        events, reloads = (10, 20) if args.quick else (50, 100)
+        log(f"[bench] failed requests under load: {events} scale events, {reloads} forced reloads")
+        figures["load_scale_events"] = {"events": events, **load.scale_events(agent.client, watcher, apps, events, log)}
+        figures["load_forced_reloads"] = {"reloads": reloads, **load.forced_reloads(watcher, reloads, log)}
+
+        log("[bench] scale: 1000 instances over 100 services")
+        figures["scale"] = scale.measure_scale(agent.client, agent.port, workdir, changes=10 if args.quick else 40,
+                                               idle=15 if args.quick else 60, log=log)
+        if not args.skip_serf:
+            from bench.serf import measure_serf  # the baseline's own prerequisites: serf
+
+            log("[bench] the Serf baseline (the lab's design)")
+            counts = {"join": 5, "leave": 5, "crash": 3} if args.quick else {"join": 30, "leave": 30, "crash": 12}
+            serf = measure_serf(counts, workdir / "serf", log)
+            samples |= {f"serf_{key}": values for key, values in serf.items()}
+
+    machine = f"{platform.node()}: {_cpu()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB, {platform.platform()}"
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "machine": machine,
+              "quick": args.quick, "seconds": round(time.time() - started), "samples": samples, "figures": figures}
+    (RESULTS / "results.json").write_text(json.dumps(result, indent=2))
+    table = report.table(result)
+    print(table)
+    report.plot(samples, RESULTS / "latency.png")
+    if not args.quick:
+        (ROOT / "bench" / "RESULTS.md").write_text(report.markdown(result, table))
+    log(f"[bench] done in {result['seconds']} s: bench/results/results.json, bench/results/latency.png"
+        + ("" if args.quick else ", bench/RESULTS.md"))
+    return 0
+
+
+def _webapp_image() -> str:
+    tag = "discovery/webapp:bench"
+    subprocess.run(["docker", "build", "-q", "-f", "images/Dockerfile", "--target", "webapp", "-t", tag, "."],
+                   cwd=ROOT, check=True, capture_output=True)
+    return tag
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _memory_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 1024 / 1024
+    return 0.0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The physical floor: what Consul and HAProxy cost by themselves, with nothing of ours between.
+
+- Consul: a blocking query is parked on an index; a service is registered; how long until the
+  query returns.
+- HAProxy: one Runtime API round trip (`set server ... state ready`), and `add server` +
+  `enable server` (what the watcher does for a new instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import consul
+
+from discovery.haproxy import ManagedHAProxy, write_atomic
+from discovery.model import DesiredState, Instance, Service
+from discovery.render import Renderer, RenderSettings
+from discovery.runtime import RuntimeAPI
+from tests.support import free_port
+
+
+def consul_wake(client: consul.Consul, iterations: int) -> list[float]:
+    """Register → the blocking query on that service wakes, in seconds."""
+    samples = []
+    for i in range(iterations):
+        index, _ = client.health.service("floor")
+        woke: list[float] = []
+
+        def wait(index: str = index, woke: list[float] = woke) -> None:
+            client.health.service("floor", index=index, wait="30s")
+            woke.append(time.perf_counter())
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.01)  # let the query park on the server before the change
+        started = time.perf_counter()
+        client.agent.service.register("floor", service_id=f"floor-{i}", address="127.0.0.1", port=1)
+        waiter.join(35)
+        samples.append(woke[0] - started)
+        client.agent.service.deregister(f"floor-{i}")
+    return samples
+
+
+async def _runtime_calls(workdir: Path, iterations: int) -> dict[str, list[float]]:
+    settings = RenderSettings(http_bind=f"127.0.0.1:{free_port()}", stats_bind=f"127.0.0.1:{free_port()}",
+                              runtime_socket=str(workdir / "floor-admin.sock"))
+    state = DesiredState((Service("floor", (Instance("floor", "s0", "127.0.0.1", 1),), is_default=True),))
+    config = workdir / "floor.cfg"
+    write_atomic(config, Renderer().render(state, settings))
+    haproxy = ManagedHAProxy("haproxy", config, workdir / "floor-master.sock", log=subprocess.DEVNULL)
+    await haproxy.start()
+    runtime = RuntimeAPI(Path(settings.runtime_socket))
+    set_state, add_enable = [], []
+    try:
+        for i in range(iterations):
+            started = time.perf_counter()
+            await runtime.set_state("be_floor", "s0", "ready")
+            set_state.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await runtime.add_server("be_floor", f"s{i + 1}", "127.0.0.1:2", checked=False)
+            add_enable.append(time.perf_counter() - started)
+            await runtime.delete_server("be_floor", f"s{i + 1}", force=False)
+    finally:
+        await haproxy.stop()
+    return {"runtime_set_server": set_state, "runtime_add_enable": add_enable}
+
+
+def measure_floor(client: consul.Consul, workdir: Path, iterations: int) -> dict[str, list[float]]:
+    return {"consul_wake": consul_wake(client, iterations), **asyncio.run(_runtime_calls(workdir, iterations))}
