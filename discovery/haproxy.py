@@ -78,6 +78,29 @@ def write_atomic(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
+async def one_command(socket_path: Path, line: str, within: float, what: str) -> str:
+    """Send one command line on a fresh connection to an HAProxy CLI socket; return the answer.
+
+    One command per connection, half-closed after the line: HAProxy's non-interactive CLI then
+    answers and closes, so a slow command never blocks another caller."""
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_unix_connection(str(socket_path))
+            try:
+                writer.write(line.encode() + b"\n")
+                await writer.drain()
+                writer.write_eof()
+                data = await reader.read()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError) as error:
+        reason = str(error) or f"no answer within {within:g}s"
+        raise HAProxyError(f"{what} {socket_path}: {reason}") from None
+    return data.decode(errors="replace")
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessTable:
     """What the master CLI's `show proc` says."""
@@ -107,22 +130,7 @@ class MasterCLI:
         self.timeout = timeout
 
     async def command(self, line: str) -> str:
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
-                try:
-                    writer.write(line.encode() + b"\n")
-                    await writer.drain()
-                    writer.write_eof()  # one command per connection: the CLI answers, then closes
-                    data = await reader.read()
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except (OSError, TimeoutError) as error:
-            reason = str(error) or f"no answer within {self.timeout:g}s"
-            raise HAProxyError(f"master socket {self.socket_path}: {reason}") from None
-        return data.decode(errors="replace")
+        return await one_command(self.socket_path, line, self.timeout, "master socket")
 
     async def processes(self) -> ProcessTable:
         return ProcessTable.parse(await self.command("show proc"))

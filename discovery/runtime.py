@@ -8,13 +8,11 @@ Commands and answers are the same on HAProxy 2.6 and 3.0 for what is used here:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from discovery.haproxy import HAProxyError
+from discovery.haproxy import HAProxyError, one_command
 
 # Answers that mean a command did what it was asked (HAProxy answers nothing for most commands).
 _OK = ("", "New server registered.", "Server deleted.")
@@ -32,7 +30,7 @@ class ServerStats:
 
 
 class RuntimeAPI:
-    """One command per connection, so that a slow command never blocks another caller."""
+    """The admin socket; every command on its own connection (see `one_command`)."""
 
     def __init__(self, socket_path: Path, timeout: float = 5.0) -> None:
         self.socket_path = socket_path
@@ -41,21 +39,7 @@ class RuntimeAPI:
     async def command(self, line: str) -> str:
         if "\n" in line or ";" in line:
             raise HAProxyError(f"refusing a Runtime API command with a separator: {line!r}")
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
-                try:
-                    writer.write(line.encode() + b"\n")
-                    await writer.drain()
-                    answer = await reader.read()
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except (OSError, TimeoutError) as error:
-            reason = str(error) or f"no answer within {self.timeout:g}s"
-            raise HAProxyError(f"runtime socket {self.socket_path}: {reason}") from None
-        return answer.decode(errors="replace").strip()
+        return (await one_command(self.socket_path, line, self.timeout, "runtime socket")).strip()
 
     async def _expect_ok(self, line: str) -> None:
         answer = await self.command(line)

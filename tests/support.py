@@ -3,6 +3,7 @@ deadline-based waiting, and an HTTP load that counts failures."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 
 T = TypeVar("T")
@@ -82,40 +84,48 @@ def log_text(path: Path) -> str:
 
 
 class Load:
-    """Steady GET traffic from a few threads, each request on a new connection; counts outcomes.
+    """Steady GET traffic from `clients` concurrent loops in their own thread and event loop, each
+    request on a new connection (the hardest case for a reload: every request needs the listening
+    socket); any error or non-200 counts as failed.
 
     Used as a context manager around a change: `failed` must stay 0 for clients that were not
     talking to a removed instance."""
 
-    def __init__(self, port: int, path: str = "/", threads: int = 4, host: str = "127.0.0.1") -> None:
-        self.port, self.path, self.host = port, path, host
+    def __init__(self, port: int, path: str = "/", clients: int = 4, host: str = "127.0.0.1") -> None:
+        self.url = f"http://{host}:{port}{path}"
+        self.clients = clients
         self.outcomes: Counter[str] = Counter()
         self.errors: list[str] = []
+        self.seconds = 0.0
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
+        connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+            started = time.perf_counter()
+            await asyncio.gather(*(self._client(session) for _ in range(self.clients)))
+            self.seconds = time.perf_counter() - started
+
+    async def _client(self, session: aiohttp.ClientSession) -> None:
         while not self._stop.is_set():
             try:
-                status, _, _ = http_get(self.port, self.path, host=self.host, timeout=5)
-                outcome = "ok" if status == 200 else f"http {status}"
-            except (OSError, http.client.HTTPException) as error:
+                async with session.get(self.url) as response:
+                    await response.read()
+                    outcome = "ok" if response.status == 200 else f"http {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as error:
                 outcome = type(error).__name__
-            with self._lock:
-                self.outcomes[outcome] += 1
-                if outcome != "ok" and len(self.errors) < 20:
-                    self.errors.append(f"{time.strftime('%H:%M:%S')} {outcome}")
+            self.outcomes[outcome] += 1
+            if outcome != "ok" and len(self.errors) < 20:
+                self.errors.append(f"{time.strftime('%H:%M:%S')} {outcome}")
 
     def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
+        self._thread.join(30)
 
     @property
     def total(self) -> int:
@@ -124,6 +134,10 @@ class Load:
     @property
     def failed(self) -> int:
         return self.total - self.outcomes["ok"]
+
+    @property
+    def rate(self) -> float:
+        return self.total / self.seconds if self.seconds else 0.0
 
 
 class SlowRequest:
