@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,13 +103,17 @@ def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, im
             routable.append(served - ready)
             time.sleep(SPACING)
             server = f"ready-{container.id[:12]}"
+            # Docker's kill call returns only once the container is reaped (~230 ms here), long
+            # after its `kill` event went out: send it from a thread and watch meanwhile.
+            killer = threading.Thread(target=container.kill)
             started = time.perf_counter()
-            container.kill()
+            killer.start()
             removed = first_time(lambda server=server: not asyncio.run(_in_rotation(runtime, server)), timeout=30,
                                  every=0.002)
             if removed is None:
                 raise RuntimeError(f"{server} stayed in rotation after its kill")
             out.append(removed - started)
+            killer.join(30)
         finally:
             container.remove(force=True)
         time.sleep(SPACING)

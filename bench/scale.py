@@ -111,12 +111,15 @@ def measure_scale(client: consul.Consul, consul_port: int, workdir: Path, change
         one = []
         for c in range(changes):
             service = f"svc{c % SERVICES:03d}"
+            before = len(_changes(watcher.log_text()))
             client.agent.service.register(service, service_id=f"{service}-{PER_SERVICE}", address="127.0.255.1",
                                           port=9000, tags=["lb", f"lb.host={service}.bench"],
                                           check={"TTL": "1h", "Status": "passing"})
-            one.append(_next_change(watcher.log_text, len(one)))
+            one.append(_next_change(watcher.log_text, before, f"+{service}-{PER_SERVICE}"))
+            time.sleep(0.15)
+            before = len(_changes(watcher.log_text()))
             client.agent.service.deregister(f"{service}-{PER_SERVICE}")
-            one.append(_next_change(watcher.log_text, len(one)))
+            one.append(_next_change(watcher.log_text, before, f"-{service}-{PER_SERVICE}"))
             time.sleep(0.15)
         rss = _rss_mib(watcher.process.pid)
         time.sleep(2)  # let the last changes' blocking queries re-park
@@ -128,10 +131,13 @@ def measure_scale(client: consul.Consul, consul_port: int, workdir: Path, change
             "consul_requests_per_minute_idle": per_minute, "blocking_queries": SERVICES + 1}
 
 
-def _next_change(log: Callable[[], str], seen: int) -> float:
-    """The apply time of change number `seen` + 1, once the watcher has logged it."""
-    wait_until(lambda: len(_changes(log())) > seen, "the change to be applied")
-    return _changes(log())[seen]
+def _next_change(log: Callable[[], str], before: int, what: str) -> float:
+    """The apply time of the first Runtime API change logged after the `before` first ones."""
+    try:
+        wait_until(lambda: len(_changes(log())) > before, f"{what} to be applied", timeout=30)
+    except AssertionError:
+        raise AssertionError(f"{what} not applied; the watcher's last lines:\n{log()[-3000:]}") from None
+    return _changes(log())[before]
 
 
 def _changes(log: str) -> list[float]:
