@@ -188,6 +188,11 @@ class Catalog:
                     log.warning("service %s: not routing %s", name, reason)
                     metrics.REFUSED.labels("instance").inc()
             self._refused[name] = refused
+            if self._instances.get(name) == instances and name in self._instances:
+                # Consul's answer changed only in what we do not route on (Raft indexes after an
+                # anti-entropy sync, check output): publishing would start a quiet period and
+                # delay the next real change by --wait-min.
+                continue
             self._instances[name] = instances
             self._publish(f"health of {name} changed")
 

@@ -169,7 +169,8 @@ async def _apply_loop(
             await applier.attach(MasterCLI(config.master_socket))
         elif not outcome.ok:
             asyncio.get_running_loop().call_later(RETRY_FAILED_APPLY, mailbox.put, None, "retry after failure")
-        applied_at = time.monotonic()
+        if outcome.action != "unchanged":  # only real changes open a quiet period
+            applied_at = time.monotonic()
 
 
 async def _drain_loop(applier: Applier, every: float = 0.1) -> None:

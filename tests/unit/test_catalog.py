@@ -1,3 +1,4 @@
+import asyncio
 import random
 
 import aiohttp
@@ -234,3 +235,30 @@ def test_the_same_service_id_on_two_nodes_gives_two_distinct_servers():
     instances, refused = parse_instances("web", entries)
     assert not refused
     assert len({i.server_name for i in instances}) == 2
+
+
+class ScriptedHealth:
+    """Stands in for `client.health`: answers /v1/health/service from a script, then waits."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    async def service(self, name, index=None, wait=None, passing=None):
+        if not self.answers:
+            await asyncio.Event().wait()  # a blocking query that never returns
+        return self.answers.pop(0)
+
+
+async def test_an_answer_that_changes_only_raft_indexes_is_not_published():
+    first = health_entry("web-1", "10.0.0.1") | {"ModifyIndex": 10}
+    resynced = health_entry("web-1", "10.0.0.1") | {"ModifyIndex": 11}  # anti-entropy, same instance
+    moved = health_entry("web-1", "10.0.0.9")
+    catalog, published = catalog_and_log()
+    catalog.client = type("Client", (), {"health": ScriptedHealth([(1, [first]), (2, [resynced]), (3, [moved])])})()
+    catalog.rules = QueryRules(min_interval=0)
+    catalog._tags = {"web": frozenset({"lb"})}
+    follower = asyncio.create_task(catalog._follow_service("web"))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    follower.cancel()
+    assert [snapshot[0].instances[0].address for snapshot, _ in published] == ["10.0.0.1", "10.0.0.9"]
