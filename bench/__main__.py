@@ -59,28 +59,32 @@ def main(argv: list[str] | None = None) -> int:
         samples |= floor.measure_floor(agent.client, workdir, n)
         summary(samples)
 
-        watcher = stack.enter_context(watcher_process(workdir, agent.address, "--wait-min", "100ms", "--wait-max", "1s",
-                                                      "--max-reloads-per-minute", "1000", name="bench-watch"))
-        apps = WebApps()
-        stack.callback(apps.stop_all)
-        log(f"[bench] project: passing → routable, deregister → last request ({n} each)")
-        found = project.passing_and_deregister(agent.client, watcher, apps.start("probe"), n, log)
-        summary(found)
-        samples |= found
+        # This watcher stops before the scale test: two watchers' 101 blocking queries each would
+        # pass Consul's 200 connections per client (limits.http_max_conns_per_client).
+        with watcher_process(workdir, agent.address, "--wait-min", "100ms", "--wait-max", "1s",
+                             "--max-reloads-per-minute", "1000", name="bench-watch") as watcher, \
+                contextlib.ExitStack() as apps_stack:
+            apps = WebApps()
+            apps_stack.callback(apps.stop_all)
+            log(f"[bench] project: passing → routable, deregister → last request ({n} each)")
+            found = project.passing_and_deregister(agent.client, watcher, apps.start("probe"), n, log)
+            summary(found)
+            samples |= found
 
-        log(f"[bench] project: ready → routable, kill → out of rotation ({n} containers)")
-        image = _webapp_image()
-        docker_client = docker.from_env()
-        stack.callback(docker_client.close)
-        with project.registrator(agent.address, workdir):
-            found = project.ready_and_kill(agent.client, docker_client, image, watcher, n, log)
-        summary(found)
-        samples |= found
+            log(f"[bench] project: ready → routable, kill → out of rotation ({n} containers)")
+            image = _webapp_image()
+            docker_client = docker.from_env()
+            stack.callback(docker_client.close)
+            with project.registrator(agent.address, workdir):
+                found = project.ready_and_kill(agent.client, docker_client, image, watcher, n, log)
+            summary(found)
+            samples |= found
 
-        events, reloads = (10, 20) if args.quick else (50, 100)
-        log(f"[bench] failed requests under load: {events} scale events, {reloads} forced reloads")
-        figures["load_scale_events"] = {"events": events, **load.scale_events(agent.client, watcher, apps, events, log)}
-        figures["load_forced_reloads"] = {"reloads": reloads, **load.forced_reloads(watcher, reloads, log)}
+            events, reloads = (10, 20) if args.quick else (50, 100)
+            log(f"[bench] failed requests under load: {events} scale events, {reloads} forced reloads")
+            scaled = load.scale_events(agent.client, watcher, apps, events, log)
+            figures["load_scale_events"] = {"events": events, **scaled}
+            figures["load_forced_reloads"] = {"reloads": reloads, **load.forced_reloads(watcher, reloads, log)}
 
         log("[bench] scale: 1000 instances over 100 services")
         figures["scale"] = scale.measure_scale(agent.client, agent.port, workdir, changes=10 if args.quick else 40,
