@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from discovery import metrics
-from discovery.haproxy import ConfigInvalid, HAProxyError, MasterCLI, ReloadFailed, validate, write_atomic
-from discovery.model import DesiredState, Instance
+from discovery.haproxy import ConfigInvalid, HAProxyError, HAProxyUnreachable, MasterCLI, validate, write_atomic
+from discovery.model import DesiredState, Instance, backend_name
 from discovery.plan import Change, Membership, diff, membership, with_draining
 from discovery.render import Renderer, RenderSettings, TemplateError, server_arguments
 from discovery.runtime import RuntimeAPI
@@ -36,7 +35,7 @@ class ApplySettings:
     output: Path
     haproxy_bin: str = "haproxy"
     render: RenderSettings = field(default_factory=RenderSettings)
-    drain_timeout: float = 15.0  # seconds a removed server may keep finishing requests
+    drain_timeout: float = 30.0  # seconds a removed server may keep finishing requests
     max_reloads_per_minute: int = 30
 
 
@@ -47,8 +46,9 @@ class Drain:
     deadline: float
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (f"be_{self.instance.service}", self.instance.server_name)
+    def backend(self) -> tuple[str, str]:
+        """(backend, server) as HAProxy names them."""
+        return (backend_name(self.instance.service), self.instance.server_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +159,14 @@ class Applier:
         }
 
     async def _haproxy_up(self) -> bool:
-        """Whether HAProxy runs now; the Runtime API is used from the moment it does."""
+        """Whether HAProxy runs now; the Runtime API is used from the moment it does. Only "no
+        socket" or "refused" mean it does not run: any other failure (permissions, a hung
+        master) is an error, never a reason to write a config nobody loads."""
         if self.master is None:
             return False
         try:
             await self.master.processes()
-        except HAProxyError:
+        except HAProxyUnreachable:
             return False
         if self.runtime is None:
             self.runtime = RuntimeAPI(Path(self.settings.render.runtime_socket))
@@ -181,62 +183,65 @@ class Applier:
             return None
         if self.render(self._serving(self.applied)) != self.loaded:
             return None  # the template or the settings changed too: only a reload applies them
+        # The drains this change makes, kept aside until it has been applied.
         now = time.monotonic()
-        for instance in steps.undrain:
-            self.draining.pop((f"be_{instance.service}", instance.server_name), None)
-        for instance in steps.drain:
-            drain = Drain(instance, now, now + self.settings.drain_timeout)
-            self.draining[drain.key] = drain
-        text = self.render(self._serving(state))
+        draining = {k: d for k, d in self.draining.items() if d.instance not in steps.undrain}
+        draining |= {(i.service, i.server_name): Drain(i, now, now + self.settings.drain_timeout)
+                     for i in steps.drain}
+        text = self.render(with_draining(state, [d.instance for d in draining.values()]))
+        arguments = server_arguments(text)
+        if any((backend_name(i.service), i.server_name) not in arguments for i in steps.add):
+            return None  # a template naming backends its own way: a reload is the only way in
         # The file first: HAProxy never has a server the file does not list, so a restart or a
         # reload at any moment converges to the same servers.
         write_atomic(self.settings.output, text)
         try:
-            await self._runtime_steps(steps, server_arguments(text))
+            await self._runtime_steps(steps, arguments)
         except HAProxyError as error:
             log.warning("Runtime API step failed (%s): reloading instead", error)
             return None
-        self.loaded = text
+        self.draining, self.loaded = draining, text
         return Outcome(True, "runtime")
 
     async def _runtime_steps(self, steps: Membership, arguments: dict[tuple[str, str], str]) -> None:
         assert self.runtime is not None
         for instance in steps.add:
-            key = (f"be_{instance.service}", instance.server_name)
+            key = (backend_name(instance.service), instance.server_name)
             await self.runtime.add_server(*key, arguments[key], checked="check" in arguments[key].split())
         for instance in steps.undrain:
-            await self.runtime.set_state(f"be_{instance.service}", instance.server_name, "ready")
+            await self.runtime.set_state(backend_name(instance.service), instance.server_name, "ready")
         for instance in steps.drain:
-            await self.runtime.set_state(f"be_{instance.service}", instance.server_name, "drain")
+            await self.runtime.set_state(backend_name(instance.service), instance.server_name, "drain")
 
     async def _reload_path(self, state: DesiredState) -> Outcome:
         # Drains of backends that are gone end with the reload: the old worker finishes them.
         services = {s.name for s in state.services}
-        self.draining = {k: d for k, d in self.draining.items() if d.instance.service in services}
-        text = await self.candidate(self._serving(state))
-        if text == self.loaded:
+        draining = {k: d for k, d in self.draining.items() if d.instance.service in services}
+        text = self.render(with_draining(state, [d.instance for d in draining.values()]))
+        if text == self.loaded:  # before `haproxy -c`: most empty changes end here, for free
+            self.draining = draining
             return Outcome(True, "unchanged")
-        previous = self.settings.output.read_text() if self.settings.output.exists() else None
+        await validate(text, self.settings.haproxy_bin, self.settings.output.parent)
         if not await self._haproxy_up():
             # Nothing to reload: HAProxy loads this file when it starts (its supervisor may be
-            # waiting for exactly this file).
+            # waiting for exactly this file). What it runs stays unknown until it answers.
             write_atomic(self.settings.output, text)
-            self.loaded = text
+            self.draining, self.loaded = draining, None
             return Outcome(True, "written")
         assert self.master is not None  # HAProxy is up: it has a master
+        await self._respect_reload_cap()  # before anything is written: the file never runs ahead
         await self._save_server_state()
         write_atomic(self.settings.output, text)
-        await self._respect_reload_cap()
         try:
             await self.master.reload()
-        except ReloadFailed:
-            # HAProxy refused the new config: put back the one it runs, so that a later
-            # restart does not pick up a config that never ran.
-            if previous is not None:
-                write_atomic(self.settings.output, previous)
+        except HAProxyError:
+            # Refused, or not confirmed: put back what HAProxy is known to run, so that a later
+            # restart does not pick up a config that never ran; the change is retried.
+            if self.loaded is not None:
+                write_atomic(self.settings.output, self.loaded)
             raise
         self._reloads.append(time.monotonic())
-        self.loaded = text
+        self.draining, self.loaded = draining, text
         return Outcome(True, "reload")
 
     async def _validate_written(self, text: str) -> None:
@@ -245,8 +250,10 @@ class Applier:
         break; if it ever does, say so loudly: the next reload would refuse it."""
         try:
             await validate(text, self.settings.haproxy_bin, self.settings.output.parent)
-        except ConfigInvalid as error:
-            log.error("the config written for a Runtime API change does not validate: %s", error)
+        except APPLY_ERRORS as error:
+            log.error("the config written for a Runtime API change does not validate (%s): %s",
+                      type(error).__name__, error)
+            metrics.APPLY_ERRORS.labels("post-check").inc()
 
     def _serving(self, state: DesiredState) -> DesiredState:
         return with_draining(state, [d.instance for d in self.draining.values()])
@@ -286,27 +293,38 @@ class Applier:
                 log.warning("cannot read server stats to finish drains: %s", error)
                 return
             now = time.monotonic()
-            finished: list[tuple[tuple[str, str], bool, str]] = []
+            before = [d.instance for d in self.draining.values()]
+            finished: list[str] = []
             for key, drain in list(self.draining.items()):
-                live = stats.get(key)
+                live = stats.get(drain.backend)
                 busy = live.sessions + live.queued if live else 0
                 if busy and now < drain.deadline:
                     continue
+                if live is not None:
+                    try:
+                        await self.runtime.delete_server(*drain.backend, force=bool(busy))
+                    except HAProxyError as error:
+                        # e.g. sessions cut a moment ago are still closing: try again next time
+                        log.debug("%s/%s not deleted yet: %s", *drain.backend, error)
+                        continue
                 del self.draining[key]
                 cut = f", {busy} request(s) cut at the deadline" if busy else ""
-                finished.append((key, bool(busy), f"removed {key[1]} from {key[0]} after "
-                                 f"{now - drain.since:.1f} s of draining{cut}"))
+                finished.append(f"removed {drain.backend[1]} from {drain.backend[0]} after "
+                                f"{now - drain.since:.1f} s of draining{cut}")
             if not finished:
                 return
-            text = self.render(self._serving(self.applied))
-            write_atomic(self.settings.output, text)  # the file first, as for every runtime change
-            self.loaded = text
-            for key, force, line in finished:
-                with contextlib.suppress(HAProxyError):  # already gone (e.g. after a reload)
-                    await self.runtime.delete_server(*key, force=force)
-                log.info("%s", line)
             metrics.DRAINING.set(len(self.draining))
-            await self._validate_written(text)
+            # HAProxy no longer has them: now the file may stop listing them. Only while the file
+            # is what HAProxy runs with this template; after a template edit, the reload that
+            # applies the edit writes it.
+            try:
+                if self.render(with_draining(self.applied, before)) == self.loaded:
+                    self.loaded = self.render(self._serving(self.applied))
+                    write_atomic(self.settings.output, self.loaded)
+            except APPLY_ERRORS as error:
+                log.error("config not rewritten after drains (%s): %s", type(error).__name__, error)
+            for line in finished:
+                log.info("%s", line)
 
 
 def _iso() -> str:

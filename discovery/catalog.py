@@ -33,6 +33,9 @@ T = TypeVar("T")
 TRANSIENT = (aiohttp.ClientError, OSError, TimeoutError, ConsulException)
 
 
+NEW_SERVICE_GRACE = 10.0  # seconds a snapshot waits for a newly opted-in service's first answer
+
+
 @dataclass(frozen=True, slots=True)
 class QueryRules:
     """How the blocking-query loop behaves (seconds)."""
@@ -142,6 +145,7 @@ class Catalog:
         self._instances: dict[str, tuple[Instance, ...]] = {}
         self._refused: dict[str, list[str]] = {}
         self.answers: dict[str, tuple[int, float]] = {}  # query -> (index, when), for /status
+        self._asked: dict[str, float] = {}  # service -> when its first health query went out
 
     def _answered(self, what: str, index: int) -> None:
         self.answers[what] = (index, time.time())
@@ -163,10 +167,12 @@ class Catalog:
                 for gone in followers.keys() - wanted.keys():
                     followers.pop(gone).cancel()
                     self.answers.pop(f"service {gone}", None)
+                    self._asked.pop(gone, None)
                     self._instances.pop(gone, None)
                     self._refused.pop(gone, None)
                 self._tags = wanted
                 for name in sorted(wanted.keys() - followers.keys()):
+                    self._asked[name] = time.monotonic()
                     followers[name] = group.create_task(self._follow_service(name), name=f"health:{name}")
                 self._publish("catalog changed")
 
@@ -201,10 +207,15 @@ class Catalog:
         return f"{self.rules.wait:g}s"
 
     def _publish(self, reason: str) -> None:
-        if not self._tags.keys() <= self._instances.keys():
-            return  # some service has not answered yet: a partial view would drop its servers
+        silent = self._tags.keys() - self._instances.keys()
+        now = time.monotonic()
+        if any(now - self._asked.get(name, now) < NEW_SERVICE_GRACE for name in silent):
+            return  # a new service has not answered yet: wait for it rather than show it empty
+        # A new service still silent after the grace period is left out (not shown empty), so
+        # that it cannot hold every other service's changes back.
         snapshot = tuple(
-            CatalogEntry(name, tags, self._instances[name]) for name, tags in sorted(self._tags.items())
+            CatalogEntry(name, tags, self._instances[name])
+            for name, tags in sorted(self._tags.items()) if name in self._instances
         )
         metrics.CHANGES_SEEN.inc()
         self.publish(snapshot, reason)

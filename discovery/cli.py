@@ -60,6 +60,14 @@ def positive_seconds(text: str) -> float:
     return number
 
 
+def config_word(text: str) -> str:
+    """A value written into haproxy.cfg as one word (an address, a path, a user): nothing that
+    could end the word or the line and smuggle in a directive."""
+    if not text or any(c.isspace() or c in "#\"'\\" for c in text):
+        raise ValueError(f"{text!r}: want one word, without spaces, quotes, '#' or backslashes")
+    return text
+
+
 def listen_address(text: str) -> str | None:
     """`host:port`, `:port` (every address) or `off`."""
     if text.strip().lower() in ("off", "none", ""):

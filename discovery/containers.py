@@ -29,14 +29,17 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from discovery.model import HttpCheck, InvalidValue, Registration
 from discovery.model import port as parse_port
 
 log = logging.getLogger(__name__)
 
-# Failures worth retrying: the daemon restarting, its socket briefly gone, a slow answer.
-TRANSIENT = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+# Failures worth retrying: the daemon restarting, its socket briefly gone, a slow answer, an
+# event stream cut mid-chunk (raw urllib3 errors reach us from the SDK's stream reader).
+TRANSIENT = (docker.errors.DockerException, docker.errors.StreamParseError, requests.exceptions.RequestException,
+             urllib3.exceptions.HTTPError, OSError)
 
 # Events after which a container may have appeared or disappeared.
 STARTING = frozenset({"start", "unpause", "restart"})

@@ -25,6 +25,10 @@ class HAProxyError(Exception):
     """HAProxy refused a config, a reload failed, or its socket could not be reached."""
 
 
+class HAProxyUnreachable(HAProxyError):
+    """Nothing listens on the socket (no file, or connection refused): HAProxy does not run."""
+
+
 class ReloadFailed(HAProxyError):
     """HAProxy refused to load the new config and kept its previous workers."""
 
@@ -95,6 +99,8 @@ async def one_command(socket_path: Path, line: str, within: float, what: str) ->
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
+    except (FileNotFoundError, ConnectionRefusedError) as error:
+        raise HAProxyUnreachable(f"{what} {socket_path}: {error}") from None
     except (OSError, TimeoutError) as error:
         reason = str(error) or f"no answer within {within:g}s"
         raise HAProxyError(f"{what} {socket_path}: {reason}") from None

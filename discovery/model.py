@@ -54,6 +54,8 @@ def address(value: str) -> str:
         raise InvalidValue(f"address {value!r}: not an IPv4 or IPv6 address") from None
     if parsed.is_unspecified or parsed.is_multicast:
         raise InvalidValue(f"address {value!r}: not a unicast address")
+    if parsed.is_link_local:  # 169.254.169.254 and friends: metadata services, never a back end
+        raise InvalidValue(f"address {value!r}: link-local")
     return str(parsed)
 
 
@@ -156,7 +158,12 @@ class Service:
 
     @property
     def backend(self) -> str:
-        return f"be_{self.name}"
+        return backend_name(self.name)
+
+
+def backend_name(service: str) -> str:
+    """The HAProxy backend of a service, as the shipped template names it."""
+    return f"be_{service}"
 
 
 def _route_key(route: Route) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ from typing import Any
 import aiohttp
 import consul.aio
 from consul.check import Check
+from consul.exceptions import NotFound
 
 from discovery import cli, metrics
 from discovery.catalog import TRANSIENT as CONSUL_TRANSIENT
-from discovery.catalog import QueryRules, connect
+from discovery.catalog import connect
 from discovery.containers import TRANSIENT as DOCKER_TRANSIENT
 from discovery.containers import ContainerEvent, Containers, NotRegistrable, registration
 from discovery.model import OWNER_META, OWNER_VALUE, ConsulAddress, InvalidValue, Registration
@@ -138,10 +140,13 @@ class Registrator:
         assert self._group is not None, "announce() runs inside run()"
         self.announcing[reg.id] = self._group.create_task(self._announce(reg), name=f"announce:{reg.id}")
 
-    def forget(self, container: str) -> None:
-        """Stop announcing a container that is stopping (our service IDs end with its short ID)."""
-        for service_id in [sid for sid in self.announcing if sid.endswith(f"-{container[:12]}")]:
+    def forget(self, container: str) -> list[str]:
+        """Stop announcing a container that is stopping (our service IDs end with its short ID);
+        the IDs it was announcing, whose registration may have reached Consul all the same."""
+        cancelled = [sid for sid in self.announcing if sid.endswith(f"-{container[:12]}")]
+        for service_id in cancelled:
             self.announcing.pop(service_id).cancel()
+        return cancelled
 
     async def _announce(self, reg: Registration) -> None:
         try:
@@ -199,13 +204,16 @@ class Registrator:
 
     async def reconcile(self, why: str) -> None:
         """Both ways: register what runs and is missing, deregister what we own and is gone."""
+        # Consul first, then Docker: a container that starts in between is then running but not
+        # registered (registered now), never registered but not listed (deregistered by mistake).
+        registered = await self.registered()
         running = await self.containers.running()
         self.stopping &= {attrs.get("Id", "") for attrs in running}
         wanted = [
             r for attrs in running
             if attrs.get("Id") not in self.stopping and (r := self.wanted(attrs)) is not None
         ]
-        plan = sync_plan(wanted, await self.registered())
+        plan = sync_plan(wanted, registered)
         for reg in plan.register:
             if reg.id not in self.announcing:
                 self.announce(reg)
@@ -220,12 +228,13 @@ class Registrator:
         if event.stops:
             if event.action == "kill":
                 self.stopping.add(event.container)
-            self.forget(event.container)
+            announced = self.forget(event.container)
             # Our IDs embed the container ID, so a stop needs no inspect (the container may be gone).
-            mine = [sid for sid, s in (await self.registered()).items()
-                    if (s.get("Meta") or {}).get("container") == event.container]
-            for service_id in mine:
-                await self.deregister(service_id, f"container {event.action}")
+            registered = await self.registered()
+            mine = {sid for sid, s in registered.items() if (s.get("Meta") or {}).get("container") == event.container}
+            for service_id in sorted(mine | set(announced)):
+                with contextlib.suppress(NotFound):  # an announce cancelled before it registered
+                    await self.deregister(service_id, f"container {event.action}")
         elif event.starts:
             self.stopping.discard(event.container)
             attrs = await self.containers.inspect(event.container)
@@ -261,15 +270,12 @@ class Registrator:
                 delay = _backoff(failures, self.config.backoff_max)
                 log.warning("Docker event stream broken (%s); resuming in %.1fs", error, delay)
                 await asyncio.sleep(delay)
-            except ConnectionError as error:
-                failures += 1
-                log.warning("%s; resuming", error)
-                await asyncio.sleep(_backoff(failures, self.config.backoff_max))
 
     async def resync_loop(self) -> None:
         failures = 0
         why = "start"
         while True:
+            self.resync_now.clear()  # a request made while this reconcile runs is not lost
             try:
                 await self.reconcile(why)
                 failures = 0
@@ -282,7 +288,6 @@ class Registrator:
                 await asyncio.sleep(delay)
                 why = "retry"
                 continue
-            self.resync_now.clear()
             try:
                 async with asyncio.timeout(self.config.resync):
                     await self.resync_now.wait()
@@ -324,7 +329,9 @@ async def serve(config: RegistratorConfig) -> int:
             delay = _backoff(failures, config.backoff_max)
             log.warning("Docker unreachable (%s); retry in %.1fs", error, delay)
             await asyncio.sleep(delay)
-    client = connect(config.consul, config.token, QueryRules().client_timeout)
+    # Agent calls answer at once: a hung Consul must not hold a stop event for a blocking
+    # query's timeout.
+    client = connect(config.consul, config.token, timeout=10.0)
     log.info("registering containers of %s into %s as %r", config.docker_url or "local Docker", config.consul, owner)
     server = await metrics.serve(metrics.app(), config.listen) if config.listen else None
     try:
@@ -362,8 +369,9 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
         help="Consul agent HTTP API address")
     opt("--token", env="CONSUL_HTTP_TOKEN", default=None, secret=True,
         help="Consul ACL token (prefer the env variable)")
-    opt("--docker", env="DOCKER_HOST", default=None, metavar="URL",
-        help="Docker API (unix:///var/run/docker.sock when unset)")
+    opt("--docker", env="DISCOVERY_DOCKER", default=None, metavar="URL",
+        help="Docker API URL (unset: Docker's own DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, "
+        "else the local socket)")
     opt("--id", env="DISCOVERY_REGISTRATOR_ID", default=None,
         help="owner name written into each registration; only those are ever changed (default: Docker host name)")
     opt("--network", env="DISCOVERY_NETWORK", default=None,
@@ -382,7 +390,11 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
     if args.resync < 1:
         parser.error("--resync must be at least 1s")
     try:
-        cli.positive_seconds(args.deregister_after)
+        # Consul reads a Go duration with its unit, and reaps no sooner than a minute.
+        match = re.fullmatch(r"([1-9][0-9]*)(s|m|h)", args.deregister_after)
+        if not match or int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]] < 60:
+            raise ValueError(f"--deregister-after {args.deregister_after!r}: want a duration of at least 1m, "
+                             "with its unit (90s, 1m, 2h)")
         config = RegistratorConfig(
             consul=ConsulAddress.parse(args.consul), token=args.token, docker_url=args.docker, owner=args.id,
             network=args.network, resync=args.resync, deregister_after=args.deregister_after,

@@ -169,6 +169,10 @@ async def _apply_loop(
             await applier.attach(MasterCLI(config.master_socket))
         elif not outcome.ok:
             asyncio.get_running_loop().call_later(RETRY_FAILED_APPLY, mailbox.put, None, "retry after failure")
+        elif outcome.action == "written" and not managed:
+            # HAProxy's supervisor starts it on this file; once it answers, make sure it runs
+            # exactly this (it may have started on an earlier file).
+            asyncio.get_running_loop().call_later(1.0, mailbox.put, None, "HAProxy was not running")
         if outcome.action != "unchanged":  # only real changes open a quiet period
             applied_at = time.monotonic()
 
@@ -273,17 +277,20 @@ exit codes:
     opt("--master-socket", env="DISCOVERY_MASTER_SOCKET", default="/run/haproxy-master.sock",
         help="HAProxy master CLI socket used to reload")
     opt("--runtime-socket", env="DISCOVERY_RUNTIME_SOCKET", default="/run/haproxy/admin.sock",
-        help="Runtime API socket written into the config")
+        type=cli.config_word, help="Runtime API socket written into the config")
     parser.switch("--manage-haproxy", env="DISCOVERY_MANAGE_HAPROXY",
                   help="start and stop HAProxy (master-worker) as a child instead of using a running one")
-    opt("--http-bind", env="DISCOVERY_HTTP_BIND", default=":80", help="address:port for traffic")
-    opt("--stats-bind", env="DISCOVERY_STATS_BIND", default=":1936", help="address:port for the stats page")
-    opt("--haproxy-user", env="DISCOVERY_HAPROXY_USER", default=None, help="user HAProxy workers drop to")
-    opt("--haproxy-group", env="DISCOVERY_HAPROXY_GROUP", default=None, help="group HAProxy workers drop to")
+    word = cli.config_word
+    opt("--http-bind", env="DISCOVERY_HTTP_BIND", default=":80", type=word, help="address:port for traffic")
+    opt("--stats-bind", env="DISCOVERY_STATS_BIND", default=":1936", type=word, help="address:port for the stats page")
+    opt("--haproxy-user", env="DISCOVERY_HAPROXY_USER", default=None, type=word, help="user HAProxy workers drop to")
+    opt("--haproxy-group", env="DISCOVERY_HAPROXY_GROUP", default=None, type=word,
+        help="group HAProxy workers drop to")
     opt("--server-state-file", env="DISCOVERY_SERVER_STATE_FILE", default=None,
-        help="where server state is saved before each reload (default: next to --output, .state)")
-    opt("--drain-timeout", env="DISCOVERY_DRAIN_TIMEOUT", default=15.0, type=cli.positive_seconds,
-        help="longest a removed server may finish its requests before it is cut (e.g. 15s)")
+        type=cli.config_word, help="where server state is saved before each reload (default: next to --output, .state)")
+    opt("--drain-timeout", env="DISCOVERY_DRAIN_TIMEOUT", default=30.0, type=cli.positive_seconds,
+        help="longest a removed server may finish its requests before it is cut; as long as the "
+        "template's `timeout server` (e.g. 30s)")
     opt("--max-reloads-per-minute", env="DISCOVERY_MAX_RELOADS_PER_MINUTE", default=30, type=int,
         help="cap on full reloads; membership changes never reload")
     parser.switch("--sticky", env="DISCOVERY_STICKY", help="sticky sessions by cookie in every backend")

@@ -1,11 +1,12 @@
 import asyncio
 import random
+import time
 
 import aiohttp
 import pytest
 from consul.exceptions import ConsulException
 
-from discovery.catalog import Catalog, QueryRules, follow_index, next_index, parse_instances
+from discovery.catalog import NEW_SERVICE_GRACE, Catalog, QueryRules, follow_index, next_index, parse_instances
 from discovery.model import CatalogEntry, Instance
 
 FAST = QueryRules(wait=1.0, min_interval=0.001, backoff_base=0.001, backoff_max=0.001)
@@ -262,3 +263,15 @@ async def test_an_answer_that_changes_only_raft_indexes_is_not_published():
         await asyncio.sleep(0)
     follower.cancel()
     assert [snapshot[0].instances[0].address for snapshot, _ in published] == ["10.0.0.1", "10.0.0.9"]
+
+
+def test_a_new_service_silent_past_the_grace_period_no_longer_holds_the_others_back():
+    catalog, published = catalog_and_log()
+    catalog._tags = {"web": frozenset({"lb"}), "api": frozenset({"lb"})}
+    catalog._instances = {"web": (WEB1,)}
+    catalog._asked = {"web": time.monotonic(), "api": time.monotonic()}
+    catalog._publish("health of web changed")
+    assert published == []  # api was asked a moment ago: wait for it
+    catalog._asked["api"] -= NEW_SERVICE_GRACE + 1
+    catalog._publish("health of web changed")
+    assert published[-1][0] == (CatalogEntry("web", frozenset({"lb"}), (WEB1,)),)  # api left out, not empty

@@ -106,3 +106,8 @@ def test_registration_marks_ownership_and_check():
         Registration("web-abc", "web", "172.18.0.2", 3000, ("lb\nbind :1",))
     with pytest.raises(InvalidValue):
         HttpCheck("/health", "2 s")
+
+
+def test_link_local_addresses_are_refused():
+    with pytest.raises(InvalidValue, match="link-local"):
+        Instance("web", "w", "169.254.169.254", 80)

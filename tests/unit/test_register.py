@@ -99,7 +99,7 @@ def test_defaults():
 
 def test_environment_and_flags(monkeypatch):
     monkeypatch.setenv("DISCOVERY_RESYNC", "45s")
-    monkeypatch.setenv("DOCKER_HOST", "tcp://docker:2375")
+    monkeypatch.setenv("DISCOVERY_DOCKER", "tcp://docker:2375")
     monkeypatch.setenv("DISCOVERY_NETWORK", "from-env")
     config, _ = parse_args(["--id", "host-a", "--network", "app", "--deregister-after", "90s"])
     assert config.resync == 45.0 and config.docker_url == "tcp://docker:2375"
@@ -108,7 +108,8 @@ def test_environment_and_flags(monkeypatch):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--deregister-after", "soon"], ["--deregister-after", "-1m"], ["--resync", "500ms"], ["--resync", "x"],
+    [["--deregister-after", "soon"], ["--deregister-after", "-1m"], ["--deregister-after", "60"],
+     ["--deregister-after", "30s"], ["--resync", "500ms"], ["--resync", "x"],
      ["--consul", "ftp://consul"], ["--log-level", "loud"]],
     ids=lambda argv: " ".join(argv),
 )

@@ -111,7 +111,7 @@ def test_defaults(parse, tmp_path):
     assert config.apply.template == DEFAULT_TEMPLATE
     assert config.apply.output == tmp_path / "haproxy.cfg"
     assert config.apply.render.server_state_file == str(tmp_path / "haproxy.state")
-    assert (config.apply.drain_timeout, config.apply.max_reloads_per_minute) == (15.0, 30)
+    assert (config.apply.drain_timeout, config.apply.max_reloads_per_minute) == (30.0, 30)
     assert not config.apply.render.sticky
     assert (config.wait_min, config.wait_max, config.once_timeout) == (0.2, 2.0, 30.0)
     assert config.rules == QueryRules(wait=55.0)
@@ -210,3 +210,11 @@ def test_help_lists_every_option_and_exit_code(capsys):
 def test_help_does_not_print_the_acl_token(capsys, monkeypatch):
     monkeypatch.setenv("CONSUL_HTTP_TOKEN", "0b1f5c2e-secret-token")
     assert "secret-token" not in help_text(capsys, parse_args)
+
+
+@pytest.mark.parametrize("value", [":80\n    lua-load /tmp/x.lua", "a b", "/run/a#b", '"x"'])
+def test_values_written_into_the_config_must_be_one_word(parse, monkeypatch, value):
+    monkeypatch.setenv("DISCOVERY_HTTP_BIND", value)
+    with pytest.raises(SystemExit) as exit_:
+        parse()
+    assert exit_.value.code == 2
