@@ -51,9 +51,13 @@ class QueryRules:
         return self.wait * 17 / 16 + 10.0
 
     def backoff(self, failures: int) -> float:
-        """Exponential backoff with equal jitter, so that watchers do not retry in step."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(failures - 1, 16))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return backoff(failures, self.backoff_base, self.backoff_max)
+
+
+def backoff(failures: int, base: float, most: float) -> float:
+    """Exponential backoff with equal jitter, so that clients do not retry in step."""
+    ceiling = min(most, base * 2 ** min(failures - 1, 16))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 def next_index(previous: int, returned: int) -> int:

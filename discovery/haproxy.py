@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -172,6 +173,8 @@ class ManagedHAProxy:
         self.master_socket = master_socket
         self.log = log  # where HAProxy's own messages go: a file descriptor, or our stderr
         self.process: asyncio.subprocess.Process | None = None
+        self.started = asyncio.Event()
+        self.stopping = False
 
     async def start(self, within: float = 10.0) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -188,14 +191,18 @@ class ManagedHAProxy:
             with contextlib.suppress(HAProxyError):
                 if (await cli.processes()).workers:
                     log.info("haproxy started (pid %d)", self.process.pid)
+                    self.started.set()
                     return
             await asyncio.sleep(0.05)
         raise HAProxyError(f"haproxy did not start within {within:.0f}s")
 
-    async def stop(self, within: float = 10.0) -> None:
+    async def stop(self, within: float = 40.0) -> None:
+        """Soft stop (SIGUSR1): listeners close, workers finish their requests (bounded by
+        hard-stop-after), then the master exits; killed if it outlives `within`."""
         if self.process is None or self.process.returncode is not None:
             return
-        self.process.terminate()  # SIGTERM: the master stops its workers, then exits
+        self.stopping = True
+        self.process.send_signal(signal.SIGUSR1)
         try:
             async with asyncio.timeout(within):
                 await self.process.wait()
@@ -203,3 +210,12 @@ class ManagedHAProxy:
             self.process.kill()
             await self.process.wait()
         log.info("haproxy stopped")
+
+    async def supervise(self) -> None:
+        """Raise if the HAProxy we own exits without being asked: nothing would serve, and
+        every later change would only be written to a file."""
+        await self.started.wait()
+        assert self.process is not None
+        code = await self.process.wait()
+        if not self.stopping:
+            raise HAProxyError(f"haproxy exited unexpectedly with {code}")

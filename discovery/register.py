@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 import time
 from collections.abc import Iterable
@@ -28,7 +27,7 @@ from consul.exceptions import NotFound
 
 from discovery import cli, metrics
 from discovery.catalog import TRANSIENT as CONSUL_TRANSIENT
-from discovery.catalog import connect
+from discovery.catalog import backoff, connect
 from discovery.containers import TRANSIENT as DOCKER_TRANSIENT
 from discovery.containers import ContainerEvent, Containers, NotRegistrable, registration
 from discovery.model import OWNER_META, OWNER_VALUE, ConsulAddress, InvalidValue, Registration
@@ -267,7 +266,7 @@ class Registrator:
             except DOCKER_TRANSIENT as error:
                 metrics.REGISTRATOR_ERRORS.labels("docker").inc()
                 failures += 1
-                delay = _backoff(failures, self.config.backoff_max)
+                delay = backoff(failures, 0.25, self.config.backoff_max)
                 log.warning("Docker event stream broken (%s); resuming in %.1fs", error, delay)
                 await asyncio.sleep(delay)
 
@@ -282,7 +281,7 @@ class Registrator:
             except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
                 metrics.REGISTRATOR_ERRORS.labels(_side(error)).inc()
                 failures += 1
-                delay = _backoff(failures, self.config.backoff_max)
+                delay = backoff(failures, 0.25, self.config.backoff_max)
                 log.warning("reconcile failed (%s: %s); retry %d in %.1fs", type(error).__name__, error,
                             failures, delay)
                 await asyncio.sleep(delay)
@@ -312,11 +311,6 @@ def _check_url(reg: Registration) -> str:
     return f"http://{host}:{reg.port}{reg.check.path}"
 
 
-def _backoff(failures: int, ceiling: float) -> float:
-    top = min(ceiling, 0.25 * 2 ** min(failures - 1, 16))
-    return top / 2 + random.uniform(0, top / 2)
-
-
 async def serve(config: RegistratorConfig) -> int:
     containers = Containers(config.docker_url)
     owner = config.owner
@@ -326,7 +320,7 @@ async def serve(config: RegistratorConfig) -> int:
             owner = await containers.host_name()
         except DOCKER_TRANSIENT as error:
             failures += 1
-            delay = _backoff(failures, config.backoff_max)
+            delay = backoff(failures, 0.25, config.backoff_max)
             log.warning("Docker unreachable (%s); retry in %.1fs", error, delay)
             await asyncio.sleep(delay)
     # Agent calls answer at once: a hung Consul must not hold a stop event for a blocking

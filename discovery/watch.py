@@ -127,6 +127,8 @@ async def watch(config: WatcherConfig) -> int:
             group.create_task(catalog.run(), name="catalog")
             group.create_task(_apply_loop(config, applier, mailbox, managed), name="apply")
             group.create_task(_drain_loop(applier), name="drain")
+            if managed:
+                group.create_task(managed.supervise(), name="haproxy")
             if settings.template != DEFAULT_TEMPLATE:
                 group.create_task(_watch_template(settings.template, mailbox), name="template")
     except* HAProxyError as errors:  # only a managed HAProxy that cannot start ends the watcher
@@ -222,7 +224,11 @@ async def once(config: WatcherConfig) -> int:
         await client.close()
     snapshot, reasons = mailbox.take()
     assert snapshot is not None
-    state = desired_state(snapshot, config.policy)
+    try:
+        state = desired_state(snapshot, config.policy)
+    except InvalidValue as error:
+        log.error("the catalog cannot be rendered: %s", error)
+        return EXIT_INVALID_CONFIG
     applier = Applier(config.apply, None)
     output = config.apply.output
     if config.dry_run:
@@ -256,7 +262,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[WatcherConfig, str]:
 
 exit codes:
   0  stopped by SIGTERM/SIGINT, or --once/--dry-run succeeded
-  1  fatal error (for instance HAProxy could not be started with --manage-haproxy)
+  1  fatal error (with --manage-haproxy: HAProxy could not start, or exited unexpectedly)
   2  bad flag or environment variable
   {EXIT_INVALID_CONFIG}  --once/--dry-run: the rendered config is invalid or could not be applied
   {EXIT_NO_CONSUL}  --once/--dry-run: Consul gave no complete answer within --once-timeout""",
