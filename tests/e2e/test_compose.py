@@ -92,6 +92,27 @@ def test_watcher_status_matches_the_running_web_apps(stack):
     assert status["services"]["webapp"]["default"] and status["last_error"] is None
 
 
+def test_registrator_reaches_docker_only_through_the_read_only_proxy(stack):
+    registrator = compose("ps", "-q", "registrator").stdout.split()[0]
+    mounts = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .Mounts}}", registrator],
+                                       check=True, capture_output=True, text=True).stdout)
+    assert not any("docker.sock" in m.get("Source", "") for m in mounts)
+    user = subprocess.run(["docker", "inspect", "-f", "{{.Config.User}}", registrator], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    assert user not in ("", "root", "0")
+    probe = ("import urllib.request, urllib.error\n"
+             "def status(method, path):\n"
+             "    request = urllib.request.Request('http://socket-proxy:2375' + path, method=method)\n"
+             "    try:\n"
+             "        return urllib.request.urlopen(request, timeout=5).status\n"
+             "    except urllib.error.HTTPError as error:\n"
+             "        return error.code\n"
+             "print(status('GET', '/containers/json'), status('POST', '/containers/create'),"
+             " status('GET', '/secrets'), status('DELETE', '/containers/x'))")
+    answers = compose("exec", "-T", "registrator", "python3", "-c", probe).stdout.split()
+    assert answers == ["200", "403", "403", "403"]
+
+
 def test_stats_page_lists_the_web_apps(stack):
     status, _, page = http_get(STATS, "/")
     assert status == 200
