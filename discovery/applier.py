@@ -86,7 +86,7 @@ class Applier:
         if self.settings.output.exists():
             return
         try:
-            write_atomic(self.settings.output, await self.candidate(DesiredState()))
+            self._write(await self.candidate(DesiredState()))
         except APPLY_ERRORS as error:
             log.error("cannot write a first config (%s): %s", type(error).__name__, error)
             return
@@ -194,7 +194,7 @@ class Applier:
             return None  # a template naming backends its own way: a reload is the only way in
         # The file first: HAProxy never has a server the file does not list, so a restart or a
         # reload at any moment converges to the same servers.
-        write_atomic(self.settings.output, text)
+        self._write(text)
         try:
             await self._runtime_steps(steps, arguments)
         except HAProxyError as error:
@@ -225,20 +225,20 @@ class Applier:
         if not await self._haproxy_up():
             # Nothing to reload: HAProxy loads this file when it starts (its supervisor may be
             # waiting for exactly this file). What it runs stays unknown until it answers.
-            write_atomic(self.settings.output, text)
+            self._write(text)
             self.draining, self.loaded = draining, None
             return Outcome(True, "written")
         assert self.master is not None  # HAProxy is up: it has a master
         await self._respect_reload_cap()  # before anything is written: the file never runs ahead
         await self._save_server_state()
-        write_atomic(self.settings.output, text)
+        self._write(text)
         try:
             await self.master.reload()
         except HAProxyError:
             # Refused, or not confirmed: put back what HAProxy is known to run, so that a later
             # restart does not pick up a config that never ran; the change is retried.
             if self.loaded is not None:
-                write_atomic(self.settings.output, self.loaded)
+                self._write(self.loaded)
             raise
         self._reloads.append(time.monotonic())
         self.draining, self.loaded = draining, text
@@ -254,6 +254,10 @@ class Applier:
             log.error("the config written for a Runtime API change does not validate (%s): %s",
                       type(error).__name__, error)
             metrics.APPLY_ERRORS.labels("post-check").inc()
+
+    def _write(self, text: str) -> None:
+        # The stats page's password is in the file: readable by HAProxy's group, not by all.
+        write_atomic(self.settings.output, text, 0o640 if self.settings.render.stats_password else None)
 
     def _serving(self, state: DesiredState) -> DesiredState:
         return with_draining(state, [d.instance for d in self.draining.values()])
@@ -320,7 +324,7 @@ class Applier:
             try:
                 if self.render(with_draining(self.applied, before)) == self.loaded:
                     self.loaded = self.render(self._serving(self.applied))
-                    write_atomic(self.settings.output, self.loaded)
+                    self._write(self.loaded)
             except APPLY_ERRORS as error:
                 log.error("config not rewritten after drains (%s): %s", type(error).__name__, error)
             for line in finished:

@@ -57,8 +57,9 @@ async def validate(text: str, haproxy_bin: str = "haproxy", directory: Path | No
         raise ConfigInvalid(detail or f"haproxy -c exited with {process.returncode}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` so that a reader sees the old file or the new one, never a mix."""
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace `path` so that a reader sees the old file or the new one, never a mix. `mode`
+    forces the permissions (a file holding a secret); otherwise an existing file keeps its own."""
     directory = path.parent
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
@@ -70,6 +71,8 @@ def write_atomic(path: Path, text: str) -> None:
             os.chmod(temporary, path.stat().st_mode & 0o777)
         if not path.exists():
             os.chmod(temporary, 0o644)
+        if mode is not None:
+            os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -35,6 +35,11 @@ class RenderSettings:
     maxconn: int = 4096
     server_state_file: str | None = None
     sticky: bool = False
+    stats_user: str = "admin"
+    stats_password: str | None = None  # None: the stats page without credentials (explicit choice)
+
+    def __repr__(self) -> str:  # never print the password in a log line or a traceback
+        return f"RenderSettings(http_bind={self.http_bind!r}, stats_bind={self.stats_bind!r}, ...)"
 
 
 def quote(value: object) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import logging
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -248,6 +249,25 @@ async def once(config: WatcherConfig) -> int:
     return cli.EXIT_OK if (await applier.apply(state, reasons)).ok else EXIT_INVALID_CONFIG
 
 
+def stats_password(path: Path, create: bool) -> str:
+    """The stats page's password: DISCOVERY_STATS_PASSWORD, else the file, else a new random one
+    saved there (owner-only) so that it survives restarts. There is no default password."""
+    given = os.environ.get("DISCOVERY_STATS_PASSWORD", "").strip()
+    if given:
+        return cli.config_word(given)
+    if path.exists():
+        password = path.read_text().strip()
+        if not password:
+            raise ValueError(f"{path}: empty stats password (use --stats-no-auth to serve without one)")
+        return cli.config_word(password)
+    password = secrets.token_urlsafe(18)
+    if create:
+        path.touch(mode=0o600)
+        path.write_text(password + "\n")
+        log.warning("stats page: user and a new random password written to %s", path)
+    return password
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[WatcherConfig, str]:
     parser = cli.EnvParser(
         prog="python -m discovery.watch",
@@ -300,6 +320,12 @@ exit codes:
     opt("--max-reloads-per-minute", env="DISCOVERY_MAX_RELOADS_PER_MINUTE", default=30, type=int,
         help="cap on full reloads; membership changes never reload")
     parser.switch("--sticky", env="DISCOVERY_STICKY", help="sticky sessions by cookie in every backend")
+    opt("--stats-user", env="DISCOVERY_STATS_USER", default="admin", type=word, help="user of the stats page")
+    opt("--stats-password-file", env="DISCOVERY_STATS_PASSWORD_FILE", default=None,
+        help="file holding the stats page's password (env DISCOVERY_STATS_PASSWORD wins); created with "
+        "a random password when missing (default: stats-password next to --output)")
+    parser.switch("--stats-no-auth", env="DISCOVERY_STATS_NO_AUTH",
+                  help="serve the stats page (and HAProxy's /metrics) without credentials")
     opt("--wait-min", env="DISCOVERY_WAIT_MIN", default=0.2, type=cli.positive_seconds,
         help="quiet time that ends a burst of changes (e.g. 200ms)")
     opt("--wait-max", env="DISCOVERY_WAIT_MAX", default=2.0, type=cli.positive_seconds,
@@ -338,6 +364,9 @@ exit codes:
                     http_bind=args.http_bind, stats_bind=args.stats_bind, runtime_socket=args.runtime_socket,
                     user=args.haproxy_user, group=args.haproxy_group, sticky=args.sticky,
                     server_state_file=args.server_state_file or str(output.with_suffix(".state")),
+                    stats_user=args.stats_user,
+                    stats_password=None if args.stats_no_auth else stats_password(
+                        Path(args.stats_password_file or output.parent / "stats-password"), create=not args.dry_run),
                 ),
                 drain_timeout=args.drain_timeout,
                 max_reloads_per_minute=args.max_reloads_per_minute,
@@ -352,7 +381,7 @@ exit codes:
             once_timeout=args.once_timeout,
             listen=args.listen,
         )
-    except InvalidValue as error:
+    except (InvalidValue, ValueError, OSError) as error:
         parser.error(str(error))
     if not os.access(output.parent, os.W_OK) and not config.dry_run:
         parser.error(f"--output {output}: directory {output.parent} is not writable")

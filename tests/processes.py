@@ -5,6 +5,7 @@ always cleans up."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import subprocess
 import sys
@@ -128,6 +129,11 @@ class Watcher:
 
     def log_text(self) -> str:
         return log_text(self.log)
+
+    def stats_credentials(self) -> dict[str, str]:
+        """The Authorization header for the stats page, from the password file the watcher made."""
+        password = (self.sockets / "stats-password").read_text().strip()
+        return {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
 
     def tags_served(self, requests: int = 12) -> set[str]:
         return {get_json(self.http_port)["tag"] for _ in range(requests)}

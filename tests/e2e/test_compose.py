@@ -6,6 +6,7 @@ five, stop one, scale to three, kill one, then lose the registrator while contai
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -39,8 +40,8 @@ def compose(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
 def stack() -> Iterator[None]:
     require("docker")
     compose("down", "-v", "--remove-orphans", "-t", "1")
-    compose("up", "-d", "--build", "--wait", timeout=900)
     try:
+        compose("up", "-d", "--build", "--wait", timeout=900)
         yield
     finally:
         logs = compose("logs", "--no-color", check=False).stdout
@@ -114,7 +115,10 @@ def test_registrator_reaches_docker_only_through_the_read_only_proxy(stack):
 
 
 def test_stats_page_lists_the_web_apps(stack):
-    status, _, page = http_get(STATS, "/")
+    assert http_get(STATS, "/")[0] == 401  # no default password: one was generated at first start
+    password = compose("exec", "-T", "ha", "cat", "/etc/haproxy/stats-password").stdout.strip()
+    basic = base64.b64encode(f"admin:{password}".encode()).decode()
+    status, _, page = http_get(STATS, "/", headers={"Authorization": f"Basic {basic}"})
     assert status == 200
     listed = set(re.findall(rb"webapp-[0-9a-f]{12}", page))
     assert {name.encode() for name in webapp_ids()} == listed

@@ -152,7 +152,8 @@ def test_restarted_registrator_reconciles_what_it_missed(consul_agent, container
     owner = start_registrator.owner
     registrator = start_registrator()
     kept, gone = containers.start("regtest"), containers.start("regtest")
-    wait_until(lambda: len(ours(consul_agent, owner)) >= 2, "both registrations")
+    both = {f"regtest-{kept.id[:12]}", f"regtest-{gone.id[:12]}"}
+    wait_until(lambda: both <= set(ours(consul_agent, owner)), "both registrations")
 
     registrator.kill()  # SIGKILL: no goodbye, events are missed from here on
     registrator.wait()

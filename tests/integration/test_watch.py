@@ -199,5 +199,16 @@ def test_metrics_and_status_expose_what_the_watcher_did(consul_agent, webapps, s
     assert metrics['discovery_instances{service="web"}'] == 2
     assert metrics['discovery_consul_index{query="service web"}'] > 0
     assert time.time() - metrics['discovery_consul_last_answer_timestamp_seconds{query="catalog"}'] < 60
-    _, _, page = http_get(watcher.stats_port, "/metrics")  # HAProxy's own exporter
+    _, _, page = http_get(watcher.stats_port, "/metrics", headers=watcher.stats_credentials())  # HAProxy's own
     assert b"haproxy_backend_active_servers" in page
+
+
+def test_the_stats_page_needs_the_generated_credentials(consul_agent, start_watcher):
+    watcher = start_watcher()
+    password_file = watcher.sockets / "stats-password"
+    assert password_file.stat().st_mode & 0o077 == 0  # owner only
+    assert watcher.output.stat().st_mode & 0o007 == 0  # the config holds it too: not world-readable
+    for path in ("/", "/metrics"):
+        assert http_get(watcher.stats_port, path)[0] == 401
+        assert http_get(watcher.stats_port, path, headers=watcher.stats_credentials())[0] == 200
+    assert password_file.read_text().strip() not in watcher.log_text()
