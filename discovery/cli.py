@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from discovery.metrics import ListenError
+
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
 
@@ -109,5 +111,8 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
             if stopping:
                 return EXIT_OK
             raise
+        except ListenError as error:
+            logging.getLogger("discovery").error("fatal: %s", error)
+            return EXIT_FATAL
 
     return asyncio.run(supervised())

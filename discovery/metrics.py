@@ -60,10 +60,18 @@ def app(status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
     return application
 
 
+class ListenError(Exception):
+    """The metrics address cannot be listened on (in use, not ours): a fatal start-up error."""
+
+
 async def serve(application: web.Application, listen: str) -> web.AppRunner:
     """Start serving on `host:port` (an empty host means every address)."""
     host, _, port = listen.rpartition(":")
     runner = web.AppRunner(application, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+    try:
+        await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise ListenError(f"cannot listen on {listen} for /metrics: {error} (set --listen, or 'off')") from None
     return runner

@@ -355,6 +355,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RegistratorConfig, str]:
 
 exit codes:
   0  stopped by SIGTERM/SIGINT
+  1  the --listen address cannot be listened on
   2  bad flag or environment variable
 It never exits because Docker or Consul is unreachable: it retries with backoff.""",
     )

@@ -282,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[WatcherConfig, str]:
 
 exit codes:
   0  stopped by SIGTERM/SIGINT, or --once/--dry-run succeeded
-  1  fatal error (with --manage-haproxy: HAProxy could not start, or exited unexpectedly)
+  1  fatal error (--listen address in use; with --manage-haproxy: HAProxy could not start, or exited)
   2  bad flag or environment variable
   {EXIT_INVALID_CONFIG}  --once/--dry-run: the rendered config is invalid or could not be applied
   {EXIT_NO_CONSUL}  --once/--dry-run: Consul gave no complete answer within --once-timeout""",

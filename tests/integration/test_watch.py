@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -212,3 +213,17 @@ def test_the_stats_page_needs_the_generated_credentials(consul_agent, start_watc
         assert http_get(watcher.stats_port, path)[0] == 401
         assert http_get(watcher.stats_port, path, headers=watcher.stats_credentials())[0] == 200
     assert password_file.read_text().strip() not in watcher.log_text()
+
+
+def test_a_busy_metrics_address_is_a_clear_fatal_error(consul_agent, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "discovery.watch", "--consul", consul_agent.address, "--output",
+             str(tmp_path / "h.cfg"), "--listen", f"127.0.0.1:{port}", "--stats-no-auth"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr

@@ -139,4 +139,4 @@ def test_help_lists_labels_their_env_fallbacks_and_exit_codes(capsys):
     ]
     assert [word for word in words if word not in text] == []
     codes = text.split("exit codes:")[1].splitlines()
-    assert [line.split()[0] for line in codes if line.startswith("  ")] == ["0", "2"]
+    assert [line.split()[0] for line in codes if line.startswith("  ")] == ["0", "1", "2"]
