@@ -8,52 +8,30 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import consul
 import pytest
 
-from tests.support import Load, http_get, require, wait_until
+from tests.stack import ComposeStack
+from tests.support import Load, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-PROJECT = "discovery-e2e"
+STACK = ComposeStack("discovery-e2e")
+compose = STACK.run
+webapp_ids = STACK.webapp_ids
+rendered_servers = STACK.rendered_servers
 HTTP, STATS, CONSUL = 80, 1936, 8500
-
-
-def compose(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CONSUL_IMAGE": os.environ.get("CONSUL_IMAGE", "hashicorp/consul:1.8.7")}
-    result = subprocess.run(["docker", "compose", "-p", PROJECT, *args], cwd=ROOT, env=env, text=True,
-                            capture_output=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[None]:
-    require("docker")
-    compose("down", "-v", "--remove-orphans", "-t", "1")
-    try:
-        compose("up", "-d", "--build", "--wait", timeout=900)
+    with STACK.up():
         yield
-    finally:
-        logs = compose("logs", "--no-color", check=False).stdout
-        (ROOT / "build").mkdir(exist_ok=True)
-        (ROOT / "build" / "e2e-compose.log").write_text(logs)
-        compose("down", "-v", "--remove-orphans", "-t", "2", check=False)
-
-
-def webapp_ids() -> set[str]:
-    """Short IDs of the running web app containers, as the registrator names them."""
-    out = compose("ps", "-q", "--status", "running", "webapp").stdout.split()
-    return {f"webapp-{cid[:12]}" for cid in out}
 
 
 def hosts_answering(requests: int = 20) -> set[str]:
@@ -63,11 +41,6 @@ def hosts_answering(requests: int = 20) -> set[str]:
         assert status == 200, body[:200]
         hosts.add(json.loads(body)["host"])
     return hosts
-
-
-def rendered_servers() -> set[str]:
-    config = compose("exec", "-T", "ha", "cat", "/etc/haproxy/haproxy.cfg").stdout
-    return set(re.findall(r"^\s*server (\S+) ", config, re.M))
 
 
 def converged(expected_count: int) -> bool:
@@ -86,9 +59,8 @@ def test_two_web_apps_answer_in_turn(stack):
 
 
 def test_watcher_status_matches_the_running_web_apps(stack):
-    status = json.loads(compose("exec", "-T", "ha", "python3", "-c",
-                                "import urllib.request; print(urllib.request.urlopen("
-                                "'http://127.0.0.1:9105/status').read().decode())").stdout)
+    status = json.loads(STACK.in_ha("import urllib.request; print(urllib.request.urlopen("
+                                    "'http://127.0.0.1:9105/status').read().decode())"))
     assert {i["server"] for i in status["services"]["webapp"]["instances"]} == webapp_ids()
     assert status["services"]["webapp"]["default"] and status["last_error"] is None
 

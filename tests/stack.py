@@ -1,0 +1,51 @@
+"""The real compose.yaml as a test fixture: one project, brought up, driven, and always torn down."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support import require
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ComposeStack:
+    def __init__(self, project: str) -> None:
+        self.project = project
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CONSUL_IMAGE": os.environ.get("CONSUL_IMAGE", "hashicorp/consul:1.8.7")}
+        result = subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=ROOT, env=env, text=True,
+                                capture_output=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    @contextlib.contextmanager
+    def up(self) -> Iterator[ComposeStack]:
+        require("docker")
+        self.run("down", "-v", "--remove-orphans", "-t", "1")
+        try:
+            self.run("up", "-d", "--build", "--wait", timeout=900)
+            yield self
+        finally:
+            (ROOT / "build").mkdir(exist_ok=True)
+            (ROOT / "build" / f"{self.project}.log").write_text(self.run("logs", "--no-color", check=False).stdout)
+            self.run("down", "-v", "--remove-orphans", "-t", "2", check=False)
+
+    def webapp_ids(self) -> set[str]:
+        """Server names of the running web app containers, as the registrator names them."""
+        return {f"webapp-{cid[:12]}" for cid in self.run("ps", "-q", "--status", "running", "webapp").stdout.split()}
+
+    def rendered_servers(self) -> set[str]:
+        config = self.run("exec", "-T", "ha", "cat", "/etc/haproxy/haproxy.cfg").stdout
+        return set(re.findall(r"^\s*server (\S+) ", config, re.M))
+
+    def in_ha(self, python: str) -> str:
+        """Run Python in the `ha` container (the discovery package is installed there)."""
+        return self.run("exec", "-T", "ha", "python3", "-c", python).stdout
