@@ -205,10 +205,15 @@ class ManagedHAProxy:
         if self.process is None or self.process.returncode is not None:
             return
         self.stopping = True
-        self.process.send_signal(signal.SIGUSR1)
         try:
             async with asyncio.timeout(within):
-                await self.process.wait()
+                # Again every second: a signal that lands while the master re-executes itself
+                # for a reload is lost.
+                while self.process.returncode is None:
+                    self.process.send_signal(signal.SIGUSR1)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self.process.wait()
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
