@@ -23,7 +23,7 @@ import consul.aio
 from consul.exceptions import ConsulException
 
 from discovery import metrics
-from discovery.model import CatalogEntry, ConsulAddress, Instance, InvalidValue
+from discovery.model import CatalogEntry, ConsulAddress, Instance, InvalidValue, service_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,6 +150,20 @@ class Catalog:
         self._refused: dict[str, list[str]] = {}
         self.answers: dict[str, tuple[int, float]] = {}  # query -> (index, when), for /status
         self._asked: dict[str, float] = {}  # service -> when its first health query went out
+        self._refused_names: set[str] = set()
+
+    def _valid(self, name: str) -> bool:
+        """A service name we could route; anything else is refused once, before any query
+        (Consul may not even answer for it: a name with a newline or `..` fails every time)."""
+        try:
+            service_name(name)
+            return True
+        except InvalidValue as error:
+            if name not in self._refused_names:
+                self._refused_names.add(name)
+                log.warning("not routing a service: %s", error)
+                metrics.REFUSED.labels("service").inc()
+            return False
 
     def _answered(self, what: str, index: int) -> None:
         self.answers[what] = (index, time.time())
@@ -167,7 +181,7 @@ class Catalog:
         async with asyncio.TaskGroup() as group:
             async for services in follow_index(self._fetch_services, "catalog", self.rules, self._answered):
                 wanted = {name: frozenset(tags or ()) for name, tags in services.items()}
-                wanted = {name: tags for name, tags in wanted.items() if self.opted_in(tags)}
+                wanted = {name: tags for name, tags in wanted.items() if self.opted_in(tags) and self._valid(name)}
                 for gone in followers.keys() - wanted.keys():
                     followers.pop(gone).cancel()
                     self.answers.pop(f"service {gone}", None)
@@ -195,7 +209,7 @@ class Catalog:
             instances, refused = parse_instances(name, entries)
             if refused != self._refused.get(name):
                 for reason in refused:
-                    log.warning("service %s: not routing %s", name, reason)
+                    log.warning("service %r: not routing %s", name, reason)
                     metrics.REFUSED.labels("instance").inc()
             self._refused[name] = refused
             if self._instances.get(name) == instances and name in self._instances:

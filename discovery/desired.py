@@ -70,13 +70,17 @@ def desired_state(catalog: Iterable[CatalogEntry], policy: RoutingPolicy) -> Des
             continue
         routes, is_default, refused = parse_routes(entry.tags, policy.tag_prefix)
         for reason in refused:
-            log.warning("service %s: ignoring %s", entry.name, reason)
+            log.warning("service %r: ignoring %s", entry.name, reason)
             metrics.REFUSED.labels("tag").inc()
         if policy.default_service is not None:
             # An explicit --default-service wins over tags, so that two services tagged
             # default never leave the frontend ambiguous.
             is_default = entry.name == policy.default_service
-        services.append(Service(entry.name, entry.instances, routes, is_default))
+        try:
+            services.append(Service(entry.name, entry.instances, routes, is_default))
+        except InvalidValue as error:  # one bad service must not hold back all the others
+            log.warning("service %r: not routed: %s", entry.name, error)
+            metrics.REFUSED.labels("service").inc()
     defaults = [s for s in services if s.is_default]
     if len(defaults) > 1:
         keep = defaults[0].name

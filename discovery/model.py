@@ -32,7 +32,7 @@ class InvalidValue(ValueError):
 
 
 def service_name(value: str) -> str:
-    if not isinstance(value, str) or not _SERVICE_NAME.match(value):
+    if not isinstance(value, str) or not _SERVICE_NAME.fullmatch(value):
         raise InvalidValue(f"service name {value!r}: want 1-63 of [A-Za-z0-9_.-], alphanumeric at both ends")
     return value
 
@@ -52,6 +52,11 @@ def address(value: str) -> str:
         parsed = ipaddress.ip_address(value)
     except (TypeError, ValueError):
         raise InvalidValue(f"address {value!r}: not an IPv4 or IPv6 address") from None
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.scope_id is not None:  # "fe80::1%eth0": the zone is free text
+            raise InvalidValue(f"address {value!r}: scoped IPv6 addresses are not routed")
+        if parsed.ipv4_mapped is not None:  # would slip past the checks below as IPv6
+            raise InvalidValue(f"address {value!r}: IPv4-mapped; register the IPv4 address")
     if parsed.is_unspecified or parsed.is_multicast:
         raise InvalidValue(f"address {value!r}: not a unicast address")
     if parsed.is_link_local:  # 169.254.169.254 and friends: metadata services, never a back end
@@ -60,20 +65,20 @@ def address(value: str) -> str:
 
 
 def tag(value: str) -> str:
-    if not isinstance(value, str) or not _TAG.match(value):
+    if not isinstance(value, str) or not _TAG.fullmatch(value):
         raise InvalidValue(f"tag {value!r}: want 1-128 of [A-Za-z0-9_.:=/,-]")
     return value
 
 
 def hostname(value: str) -> str:
     lowered = value.lower() if isinstance(value, str) else value
-    if not isinstance(lowered, str) or not _HOSTNAME.match(lowered):
+    if not isinstance(lowered, str) or not _HOSTNAME.fullmatch(lowered):
         raise InvalidValue(f"host {value!r}: not a DNS host name")
     return lowered
 
 
 def path_prefix(value: str) -> str:
-    if not isinstance(value, str) or not _PATH_PREFIX.match(value):
+    if not isinstance(value, str) or not _PATH_PREFIX.fullmatch(value):
         raise InvalidValue(f"path {value!r}: want '/' then up to 200 of [A-Za-z0-9._~/-]")
     return value
 
@@ -84,7 +89,7 @@ def server_name(instance_id: str) -> str:
     Derived from the instance, never from a counter, so logs, stats rows and cookies keep
     meaning across restarts. IDs HAProxy would refuse are replaced by a short digest.
     """
-    if _SERVER_NAME.match(instance_id):
+    if _SERVER_NAME.fullmatch(instance_id):
         return instance_id
     return "id-" + hashlib.sha256(instance_id.encode()).hexdigest()[:16]
 
@@ -271,7 +276,7 @@ class Registration:
 
     def __post_init__(self) -> None:
         service_name(self.name)
-        if not _SERVER_NAME.match(self.id):
+        if not _SERVER_NAME.fullmatch(self.id):
             raise InvalidValue(f"service id {self.id!r}: want 1-100 of [A-Za-z0-9_.:-]")
         object.__setattr__(self, "address", address(self.address))
         object.__setattr__(self, "port", port(self.port))

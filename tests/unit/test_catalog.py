@@ -275,3 +275,11 @@ def test_a_new_service_silent_past_the_grace_period_no_longer_holds_the_others_b
     catalog._asked["api"] -= NEW_SERVICE_GRACE + 1
     catalog._publish("health of web changed")
     assert published[-1][0] == (CatalogEntry("web", frozenset({"lb"}), (WEB1,)),)  # api left out, not empty
+
+
+def test_a_service_name_we_could_not_route_is_refused_once_and_never_queried():
+    catalog, _ = catalog_and_log()
+    assert not catalog._valid("web\n1999-01-01 INFO forged")
+    assert not catalog._valid("../x")
+    assert catalog._valid("web")
+    assert len(catalog._refused_names) == 2

@@ -49,3 +49,9 @@ def test_custom_prefix():
     i = Instance("web", "w1", "10.0.0.1", 80)
     state = desired_state([entry("web", "edge", "edge.default", instances=[i])], RoutingPolicy(tag_prefix="edge"))
     assert state.default is not None and state.default.instances == (i,)
+
+
+def test_a_service_that_cannot_be_routed_does_not_hold_back_the_others():
+    clash = (Instance("web", "a b", "10.0.0.1", 80), Instance("web", "a b", "10.0.0.2", 80))  # one server name
+    state = desired_state([entry("web", "lb", instances=clash), entry("api", "lb")], RoutingPolicy())
+    assert [s.name for s in state.services] == ["api"]

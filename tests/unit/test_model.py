@@ -111,3 +111,29 @@ def test_registration_marks_ownership_and_check():
 def test_link_local_addresses_are_refused():
     with pytest.raises(InvalidValue, match="link-local"):
         Instance("web", "w", "169.254.169.254", 80)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Instance("web\n", "w", "10.0.0.1", 80),
+        lambda: Instance("web", "w", "10.0.0.1", 80) and Route(host="a.b\n"),
+        lambda: Route(path="/x\n"),
+        lambda: Registration("web-1\n", "web", "10.0.0.1", 80),
+        lambda: Registration("web-1", "web", "10.0.0.1", 80, ("lb\n",)),
+    ],
+)
+def test_a_trailing_line_break_is_refused_everywhere(make):
+    with pytest.raises(InvalidValue):
+        make()
+
+
+@pytest.mark.parametrize("address", ["fe80::1%eth0", "2001:db8::1%x\n    bind :8081", "::ffff:169.254.169.254",
+                                     "::ffff:0.0.0.0", "::ffff:10.0.0.1"])
+def test_scoped_and_ipv4_mapped_ipv6_addresses_are_refused(address):
+    with pytest.raises(InvalidValue):
+        Instance("web", "w", address, 80)
+
+
+def test_a_server_id_with_a_trailing_line_break_gets_a_digest_name():
+    assert server_name("web-1\n").startswith("id-")
