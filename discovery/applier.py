@@ -58,10 +58,10 @@ class Outcome:
 
 
 class Applier:
-    def __init__(self, settings: ApplySettings, master: MasterCLI | None) -> None:
+    def __init__(self, settings: ApplySettings) -> None:
         self.settings = settings
         self.renderer = Renderer(settings.template)
-        self.master = master
+        self.master: MasterCLI | None = None  # set by attach() once a master socket is known
         self.runtime: RuntimeAPI | None = None  # set once HAProxy is known to run
         self.applied: DesiredState | None = None  # Consul's view, as HAProxy serves it
         self.loaded: str | None = None  # the text HAProxy is known to run

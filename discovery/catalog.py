@@ -93,7 +93,7 @@ async def follow_index(
             log.info("%s: Consul answers again after %d failed attempt(s)", what, failures)
             failures = 0
         metrics.CONSUL_INDEX.labels(what).set(returned)
-        metrics.CONSUL_LAST_ANSWER.labels(what).set(metrics.now())
+        metrics.CONSUL_LAST_ANSWER.labels(what).set(time.time())
         if answered is not None:
             answered(what, returned)
         woke_without_change = returned == index

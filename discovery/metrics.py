@@ -4,7 +4,6 @@ them (`/metrics`), with `/health` and, for the watcher, `/status`."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,10 +33,6 @@ DEREGISTRATIONS = Counter("discovery_deregistrations_total", "Services deregiste
 DOCKER_EVENTS = Counter("discovery_docker_events_total", "Container events handled, by action", ["action"])
 REGISTRATOR_ERRORS = Counter("discovery_registrator_errors_total", "Failed Docker or Consul operations (retried)",
                              ["side"])
-
-
-def now() -> float:
-    return time.time()
 
 
 def app(status: Callable[[], dict[str, Any]] | None = None) -> web.Application:

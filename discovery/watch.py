@@ -105,7 +105,7 @@ async def watch(config: WatcherConfig) -> int:
     managed = (
         ManagedHAProxy(settings.haproxy_bin, settings.output, config.master_socket) if config.manage_haproxy else None
     )
-    applier = Applier(settings, None)
+    applier = Applier(settings)
     mailbox = Mailbox()
     catalog = Catalog(client, config.policy.opted_in, mailbox.put, config.rules)
     log.info("watching %s for services tagged %r; writing %s", config.consul, config.policy.tag_prefix,
@@ -230,7 +230,7 @@ async def once(config: WatcherConfig) -> int:
     except InvalidValue as error:
         log.error("the catalog cannot be rendered: %s", error)
         return EXIT_INVALID_CONFIG
-    applier = Applier(config.apply, None)
+    applier = Applier(config.apply)
     output = config.apply.output
     if config.dry_run:
         try:

@@ -117,7 +117,7 @@ def test_link_local_addresses_are_refused():
     "make",
     [
         lambda: Instance("web\n", "w", "10.0.0.1", 80),
-        lambda: Instance("web", "w", "10.0.0.1", 80) and Route(host="a.b\n"),
+        lambda: Route(host="a.b\n"),
         lambda: Route(path="/x\n"),
         lambda: Registration("web-1\n", "web", "10.0.0.1", 80),
         lambda: Registration("web-1", "web", "10.0.0.1", 80, ("lb\n",)),
