@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from discovery.metrics import ListenError
@@ -46,6 +47,31 @@ class EnvParser(argparse.ArgumentParser):
             self.error(f"environment variable {env}={raw!r}: want true or false")
         self.add_argument(*flags, action="store_true", default=raw in ("1", "true", "yes"),
                           help=f"{help} [env {env}]")
+
+
+def consul_options(parser: EnvParser) -> None:
+    """--consul, --token and --token-file, read from the variables Consul's own CLI reads."""
+    parser.option("--consul", env="CONSUL_HTTP_ADDR", default="http://127.0.0.1:8500", metavar="URL",
+                  help="Consul agent HTTP API address")
+    parser.option("--token", env="CONSUL_HTTP_TOKEN", default=None, secret=True,
+                  help="Consul ACL token (prefer --token-file)")
+    parser.option("--token-file", env="CONSUL_HTTP_TOKEN_FILE", default=None, metavar="FILE",
+                  help="file holding the Consul ACL token, read at start")
+
+
+def consul_token(token: str | None, token_file: str | None) -> str | None:
+    """The ACL token from --token or --token-file (not both: which one wins would be a guess)."""
+    if token and token_file:
+        raise ValueError("give --token or --token-file, not both")
+    if not token_file:
+        return token or None
+    try:
+        text = Path(token_file).read_text().strip()
+    except OSError as error:
+        raise ValueError(f"--token-file {token_file}: {error.strerror or error}") from error
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(f"--token-file {token_file}: want one token on one line")
+    return text
 
 
 def positive_seconds(text: str) -> float:

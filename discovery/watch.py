@@ -288,10 +288,7 @@ exit codes:
   {EXIT_NO_CONSUL}  --once/--dry-run: Consul gave no complete answer within --once-timeout""",
     )
     opt = parser.option
-    opt("--consul", env="CONSUL_HTTP_ADDR", default="http://127.0.0.1:8500", metavar="URL",
-        help="Consul HTTP API address")
-    opt("--token", env="CONSUL_HTTP_TOKEN", default=None, secret=True,
-        help="Consul ACL token (prefer the env variable)")
+    cli.consul_options(parser)
     opt("--tag-prefix", env="DISCOVERY_TAG_PREFIX", default="lb",
         help="services with this tag are load balanced; routing tags start with it")
     opt("--default-service", env="DISCOVERY_DEFAULT_SERVICE", default=None,
@@ -354,7 +351,7 @@ exit codes:
     try:
         config = WatcherConfig(
             consul=ConsulAddress.parse(args.consul),
-            token=args.token,
+            token=cli.consul_token(args.token, args.token_file),
             policy=RoutingPolicy(args.tag_prefix, args.default_service),
             apply=ApplySettings(
                 template=template,

@@ -46,13 +46,14 @@ class ConsulAgent:
 
 
 @contextlib.contextmanager
-def consul_dev(tmp_path: Path) -> Iterator[ConsulAgent]:
+def consul_dev(tmp_path: Path, *extra: str) -> Iterator[ConsulAgent]:
+    """`consul agent -dev` on free loopback ports; `extra` flags are appended."""
     binary = require("consul")
     port = free_port()
     ports = {flag: free_port() for flag in ("-serf-lan-port", "-serf-wan-port", "-server-port")}
     command = [binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-http-port", str(port),
                "-dns-port", "-1", "-grpc-port", "-1", "-node", f"test-{port}",
-               *[f"{flag}={value}" for flag, value in ports.items()]]
+               *[f"{flag}={value}" for flag, value in ports.items()], *extra]
     log = tmp_path / "consul.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)

@@ -1,0 +1,263 @@
+"""Consul's ACLs for the compose stack: a gossip key and one token per component, each with the
+least it needs, made on first start and kept in volumes (ADR 0006).
+
+    python -m discovery.acl keygen --out /keys/gossip.json
+    python -m discovery.acl bootstrap --admin-dir /admin --token-dir registrator=/out/registrator ...
+
+`keygen` runs before Consul starts (the key is part of its configuration); `bootstrap` runs once
+Consul has a leader. Both are idempotent: a second run keeps the key, the management token and
+every component token as they are, and only brings the policies up to date. Nothing secret is
+ever baked into an image or printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import consul.aio
+from consul.exceptions import ACLPermissionDenied, ConsulException
+
+from discovery import cli
+from discovery.catalog import TRANSIENT, backoff, connect
+from discovery.model import ConsulAddress, InvalidValue, service_name
+
+log = logging.getLogger("discovery.acl")
+
+COMPONENTS = ("registrator", "watcher")
+POLICY_PREFIX = "discovery-"
+TOKEN_FILE = "token"
+MANAGEMENT_FILE = "management.token"
+
+
+class BootstrapError(Exception):
+    """Something an operator has to fix; the message says what."""
+
+
+# --- what each component may do (pure)
+
+def policies(services: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Policy name -> rules (Consul reads JSON rules as well as HCL). The registrator may write only
+    the services it is allowed to register; the watcher may only read; Consul's own agent may keep
+    its node up to date."""
+    names = sorted({service_name(name) for name in services})
+    if not names:
+        raise InvalidValue("at least one service name the registrator may register is needed")
+    read, write = {"policy": "read"}, {"policy": "write"}
+    return {
+        f"{POLICY_PREFIX}registrator": {"service": {name: write for name in names}},
+        # Health answers list instances by node: without node read Consul filters them all out.
+        f"{POLICY_PREFIX}watcher": {"service_prefix": {"": read}, "node_prefix": {"": read}},
+        f"{POLICY_PREFIX}agent": {"node_prefix": {"": write}, "service_prefix": {"": read}},
+    }
+
+
+def gossip_key() -> str:
+    """A key for Consul's gossip encryption: 32 random bytes, base64 (what `consul keygen` makes)."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+# --- files
+
+def write_secret(path: Path, text: str, mode: int) -> None:
+    """Write atomically, with `mode` from the first byte (never briefly world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.chmod(temporary, mode)  # the umask may have taken bits away
+    os.replace(temporary, path)
+
+
+def read_secret(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def keygen(out: Path) -> bool:
+    """Write Consul's gossip-encryption config once; True when a new key was made."""
+    if out.exists():
+        json.loads(out.read_text())["encrypt"]  # a damaged file is an error, not a reason to rotate
+        return False
+    # World-readable: Consul's image may run the agent as its own user; the volume holding the
+    # file is mounted into the Consul containers only.
+    write_secret(out, json.dumps({"encrypt": gossip_key()}) + "\n", 0o444)
+    return True
+
+
+# --- bootstrap (IO)
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    address: ConsulAddress
+    admin_dir: Path  # the management token; mounted into this one-shot only
+    token_dirs: Mapping[str, Path]  # component -> the volume that component mounts read-only
+    services: tuple[str, ...]
+    wait: float = 120.0  # for the ACL system to accept requests after a leader is elected
+
+    async def run(self) -> None:
+        client = connect(self.address, None, timeout=10.0)
+        try:
+            management = await self._management(client)
+            by_name = await self._policies(client, management)
+            for component, directory in self.token_dirs.items():
+                await self._component_token(client, management, component, directory, by_name)
+            # Consul's own agent: without a token it cannot update its node (deny by default).
+            agent_secret = await self._token(client, management, "agent", self.admin_dir / "agent.token",
+                                             [f"{POLICY_PREFIX}agent"], 0o400)
+            await client.agent.token.set_agent(agent_secret, token=management)
+        finally:
+            await client.close()
+
+    async def _management(self, client: consul.aio.Consul) -> str:
+        path = self.admin_dir / MANAGEMENT_FILE
+        deadline, failures = time.monotonic() + self.wait, 0
+        while True:
+            try:
+                if (secret := read_secret(path)) is not None:
+                    await client.acl.token.read_self(token=secret)
+                    return secret
+                made = await client.acl.bootstrap()
+                write_secret(path, made["SecretID"] + "\n", 0o400)
+                log.info("ACLs bootstrapped; the management token is in %s", path)
+                return str(made["SecretID"])
+            except ACLPermissionDenied as error:
+                if secret is not None:
+                    raise BootstrapError(f"Consul does not know the management token in {path} ({error}): its data "
+                                         "was replaced while this volume was kept; remove the volume, or restore "
+                                         "the token") from error
+                raise BootstrapError(
+                    f"Consul's ACLs were bootstrapped by someone else and {path} has no management token; "
+                    "run `docker compose down -v` for a fresh start, or put the management token there") from error
+            except (*TRANSIENT, KeyError) as error:
+                # Just after an election Consul answers "ACL system … legacy mode" or "no leader" for a while.
+                failures += 1
+                if time.monotonic() > deadline:
+                    raise BootstrapError(f"Consul at {self.address} did not accept ACL requests within "
+                                         f"{self.wait:.0f} s: {error}") from error
+                delay = backoff(failures, 0.2, 3.0)
+                log.info("Consul not ready for ACLs yet (%s); retry in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+
+    async def _policies(self, client: consul.aio.Consul, management: str) -> dict[str, str]:
+        existing = {p["Name"]: p["ID"] for p in await client.acl.policy.list(token=management)}
+        for name, rules in policies(self.services).items():
+            description = "discovery: least privilege for one component (ADR 0006)"
+            if name in existing:
+                await client.acl.policy.update(existing[name], name, token=management, description=description,
+                                               rules=rules)
+            else:
+                made = await client.acl.policy.create(name, token=management, description=description, rules=rules)
+                existing[name] = made["ID"]
+        return existing
+
+    async def _component_token(self, client: consul.aio.Consul, management: str, component: str, directory: Path,
+                               by_name: Mapping[str, str]) -> None:
+        if component not in COMPONENTS:
+            raise BootstrapError(f"unknown component {component!r}: want one of {', '.join(COMPONENTS)}")
+        # 0444: the volume is the boundary (only this component mounts it, read-only); inside the
+        # container it runs as a user of its own image, whose uid this one-shot cannot know.
+        await self._token(client, management, component, directory / TOKEN_FILE,
+                          [f"{POLICY_PREFIX}{component}"], 0o444)
+
+    async def _token(self, client: consul.aio.Consul, management: str, component: str, path: Path,
+                     policy_names: list[str], mode: int) -> str:
+        """The token in `path`, made in Consul if Consul does not know it, with exactly `policy_names`."""
+        description = f"discovery {component}"
+        kept = read_secret(path)
+        known = None
+        if kept is not None:
+            try:
+                known = await client.acl.token.read_self(token=kept)
+            except ACLPermissionDenied:
+                known = None  # Consul lost it (data wiped): make it again with the same secret
+        secret = kept or str(uuid.uuid4())
+        if known is None:
+            await client.acl.token.create(token=management, accessor_id=str(uuid.uuid4()), secret_id=secret,
+                                          policies_name=policy_names, description=description)
+            log.info("made the %s token", component)
+        else:
+            await client.acl.token.update(known["AccessorID"], token=management, policies_name=policy_names,
+                                          description=description)
+        write_secret(path, secret + "\n", mode)
+        return secret
+
+
+# --- command line
+
+def token_dir(text: str) -> tuple[str, Path]:
+    component, sep, directory = text.partition("=")
+    if not sep or component not in COMPONENTS or not directory:
+        raise ValueError(f"{text!r}: want component=directory, component one of {', '.join(COMPONENTS)}")
+    return component, Path(directory)
+
+
+def service_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        service_name(name)
+    if not names:
+        raise ValueError("want at least one service name")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = cli.EnvParser(prog="python -m discovery.acl", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make_key = commands.add_parser("keygen", help="write Consul's gossip-encryption config once")
+    make_key.add_argument("--out", type=Path, required=True, help="the JSON file Consul loads (-config-file)")
+    boot = commands.add_parser("bootstrap", help="bootstrap ACLs and write one token per component")
+    boot.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"),
+                      help="Consul HTTP API [env CONSUL_HTTP_ADDR]")
+    boot.add_argument("--admin-dir", type=Path, required=True, help="where the management token is kept")
+    boot.add_argument("--token-dir", dest="tokens", type=token_dir, action="append", default=[],
+                      metavar="COMPONENT=DIR", help="write COMPONENT's token into DIR/token (repeatable)")
+    boot.add_argument("--services", type=service_list, required=True,
+                      help="comma-separated service names the registrator may register")
+    boot.add_argument("--wait", type=cli.positive_seconds, default=120.0,
+                      help="how long to wait for Consul to accept ACL requests")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    if args.command == "bootstrap":
+        try:
+            args.consul = ConsulAddress.parse(args.consul)
+        except InvalidValue as error:
+            parser.error(str(error))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+    try:
+        if args.command == "keygen":
+            log.info("gossip key %s %s", "written to" if keygen(args.out) else "kept in", args.out)
+            return cli.EXIT_OK
+        asyncio.run(Bootstrap(args.consul, args.admin_dir, dict(args.tokens), args.services, args.wait).run())
+    except (BootstrapError, OSError, ValueError, KeyError, ConsulException) as error:
+        log.error("fatal: %s", error)
+        return cli.EXIT_FATAL
+    log.info("ACL tokens ready for %s", ", ".join(dict(args.tokens)) or "no component")
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

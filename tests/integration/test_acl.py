@@ -1,0 +1,114 @@
+"""ACL bootstrap against a real Consul with `default_policy = deny`: idempotent, and each token
+can do what its component needs and nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import consul
+import pytest
+from consul.exceptions import ACLPermissionDenied
+
+from discovery import acl
+from discovery.model import ConsulAddress
+from tests.processes import ConsulAgent, WebApps, consul_dev, watcher_process
+from tests.support import http_get, wait_until
+
+pytestmark = pytest.mark.integration
+
+ACLS = 'acl { enabled = true, default_policy = "deny", down_policy = "extend-cache", enable_token_persistence = true }'
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[ConsulAgent]:
+    with consul_dev(tmp_path, "-hcl", ACLS) as agent:
+        yield agent
+
+
+def bootstrap(agent: ConsulAgent, tmp_path: Path, services: tuple[str, ...] = ("webapp",)) -> dict[str, str]:
+    dirs = {component: tmp_path / component for component in acl.COMPONENTS}
+    asyncio.run(acl.Bootstrap(ConsulAddress.parse(agent.address), tmp_path / "admin", dirs, services).run())
+    return {component: (directory / acl.TOKEN_FILE).read_text().strip() for component, directory in dirs.items()}
+
+
+def as_token(agent: ConsulAgent, token: str | None) -> consul.Consul:
+    return consul.Consul(host="127.0.0.1", port=agent.port, token=token)
+
+
+def get_status(port: int) -> int:
+    return http_get(port)[0]
+
+
+def test_bootstrap_is_idempotent_and_keeps_every_secret(secured, tmp_path):
+    first = bootstrap(secured, tmp_path)
+    management = (tmp_path / "admin" / acl.MANAGEMENT_FILE).read_text()
+    second = bootstrap(secured, tmp_path, ("webapp", "api"))
+    assert second == first
+    assert (tmp_path / "admin" / acl.MANAGEMENT_FILE).read_text() == management
+    assert (tmp_path / "admin" / acl.MANAGEMENT_FILE).stat().st_mode & 0o777 == 0o400
+    policies = {p["Name"] for p in as_token(secured, management.strip()).acl.policy.list()}
+    assert {"discovery-registrator", "discovery-watcher", "discovery-agent"} <= policies
+    # The second run widened the registrator's policy to the new list.
+    as_token(secured, first["registrator"]).agent.service.register("api", service_id="api-1", port=1)
+
+
+def test_each_token_has_the_least_it_needs(secured, tmp_path):
+    tokens = bootstrap(secured, tmp_path)
+    registrator, watcher, anonymous = (as_token(secured, tokens["registrator"]), as_token(secured, tokens["watcher"]),
+                                       as_token(secured, None))
+    registrator.agent.service.register("webapp", service_id="webapp-1", address="127.0.0.1", port=8080)
+    # Anonymous: nothing to see, nothing to write.
+    assert anonymous.catalog.services()[1] == {}
+    with pytest.raises(ACLPermissionDenied):
+        anonymous.agent.service.register("webapp", service_id="webapp-2", port=1)
+    # The registrator: its own services only; no KV.
+    with pytest.raises(ACLPermissionDenied):
+        registrator.agent.service.register("evil", service_id="evil-1", port=1)
+    with pytest.raises(ACLPermissionDenied):
+        registrator.kv.get("anything")
+    with pytest.raises(ACLPermissionDenied):
+        registrator.kv.put("anything", "x")
+    # The watcher: reads services and nodes (health answers need both), writes nothing.
+    assert "webapp" in watcher.catalog.services()[1]
+    assert [e["Service"]["ID"] for e in watcher.health.service("webapp")[1]] == ["webapp-1"]
+    with pytest.raises(ACLPermissionDenied):
+        watcher.agent.service.register("webapp", service_id="webapp-3", port=1)
+    with pytest.raises(ACLPermissionDenied):
+        watcher.agent.service.deregister("webapp-1")
+    with pytest.raises(ACLPermissionDenied):
+        watcher.kv.put("anything", "x")
+
+
+def test_watcher_follows_a_secured_consul_with_its_token_file(secured, tmp_path):
+    tokens = bootstrap(secured, tmp_path)
+    apps = WebApps()
+    try:
+        port = apps.start("a")
+        as_token(secured, tokens["registrator"]).agent.service.register(
+            "webapp", service_id="webapp-a", address="127.0.0.1", port=port, tags=["lb", "lb.default"])
+        token_file = str(tmp_path / "watcher" / acl.TOKEN_FILE)
+        with watcher_process(tmp_path, secured.address, "--token-file", token_file) as watcher:
+            wait_until(lambda: watcher.server_lines() == ["webapp-a"], "the watcher to render webapp-a")
+            wait_until(lambda: get_status(watcher.http_port) == 200, "HAProxy to route to webapp-a")
+            assert watcher.tags_served() == {"a"}
+    finally:
+        apps.stop_all()
+
+
+def test_a_foreign_bootstrap_is_a_clear_error_not_a_new_token(secured, tmp_path):
+    secured.client.acl.bootstrap()  # someone else bootstrapped; we never saw the token
+    with pytest.raises(acl.BootstrapError, match="bootstrapped by someone else"):
+        bootstrap(secured, tmp_path)
+    assert not (tmp_path / "admin" / acl.MANAGEMENT_FILE).exists()
+
+
+def test_keygen_makes_one_key_and_keeps_it(tmp_path):
+    out = tmp_path / "keys" / "gossip.json"
+    assert acl.keygen(out) is True
+    key = json.loads(out.read_text())["encrypt"]
+    assert acl.keygen(out) is False
+    assert json.loads(out.read_text())["encrypt"] == key
+    assert len(__import__("base64").b64decode(key)) == 32
