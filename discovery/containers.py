@@ -144,8 +144,11 @@ class ContainerEvent:
 class Containers:
     """Docker through its SDK, off the event loop."""
 
-    def __init__(self, base_url: str | None = None) -> None:
+    def __init__(self, base_url: str | None = None, only_label: str | None = None) -> None:
         self.base_url = base_url
+        # Docker filters by label on its side, for listings and events alike: containers without
+        # it (another compose project on the same host) are never seen.
+        self._labels = {"label": [only_label]} if only_label else {}
         self._client: docker.DockerClient | None = None
 
     def _docker(self) -> docker.DockerClient:
@@ -169,7 +172,8 @@ class Containers:
     async def running(self) -> list[dict[str, Any]]:
         """Inspect data of every running container."""
         try:
-            found = await asyncio.to_thread(lambda: self._docker().containers.list(filters={"status": "running"}))
+            found = await asyncio.to_thread(lambda: self._docker().containers.list(
+                filters={"status": "running", **self._labels}))
         except TRANSIENT:
             self._reset()
             raise
@@ -192,7 +196,7 @@ class Containers:
         queue: asyncio.Queue[ContainerEvent | BaseException] = asyncio.Queue()
         since = None if since_nano is None else since_nano / 1e9
         stream = await asyncio.to_thread(
-            lambda: self._docker().events(decode=True, since=since, filters={"type": "container"})
+            lambda: self._docker().events(decode=True, since=since, filters={"type": "container", **self._labels})
         )
         stopping = threading.Event()
 

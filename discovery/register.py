@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import consul.aio
 from consul.check import Check
-from consul.exceptions import NotFound
+from consul.exceptions import ACLPermissionDenied, NotFound
 
 from discovery import cli, metrics
 from discovery.catalog import TRANSIENT as CONSUL_TRANSIENT
@@ -42,6 +42,7 @@ class RegistratorConfig:
     docker_url: str | None = None
     owner: str | None = None  # None: the Docker host's name
     network: str | None = None
+    only_label: str | None = None  # KEY or KEY=VALUE: only containers with this label
     resync: float = 30.0
     deregister_after: str = "1m"
     ready_timeout: float = 30.0
@@ -105,6 +106,7 @@ class Registrator:
         # window must not register them again.
         self.stopping: set[str] = set()
         self.announcing: dict[str, asyncio.Task[None]] = {}  # service id -> readiness probe
+        self.denied: set[str] = set()  # service ids Consul's ACLs refused, to log each once
         self._group: asyncio.TaskGroup | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -152,6 +154,15 @@ class Registrator:
             ready = reg.check is None or await self.probe(reg)
             if reg.container not in self.stopping:
                 await self.register(reg, ready=ready)
+                self.denied.discard(reg.id)
+        except ACLPermissionDenied as error:
+            # Our token may not write this service (ADR 0006): retrying at once cannot help; the
+            # periodic resync tries again, in case the policy is widened.
+            metrics.REGISTRATOR_ERRORS.labels("acl").inc()
+            if reg.id not in self.denied:
+                log.error("%s not registered: Consul's ACLs refuse service %r to this registrator's token (%s)",
+                          reg.id, reg.name, error)
+            self.denied.add(reg.id)
         except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
             metrics.REGISTRATOR_ERRORS.labels(_side(error)).inc()
             log.warning("%s not registered (%s): a resync follows", reg.id, error)
@@ -312,7 +323,7 @@ def _check_url(reg: Registration) -> str:
 
 
 async def serve(config: RegistratorConfig) -> int:
-    containers = Containers(config.docker_url)
+    containers = Containers(config.docker_url, config.only_label)
     owner = config.owner
     failures = 0
     while owner is None:
@@ -335,6 +346,14 @@ async def serve(config: RegistratorConfig) -> int:
         if server:
             await server.cleanup()
     return cli.EXIT_OK
+
+
+def label_filter(text: str) -> str:
+    """A Docker label filter: KEY or KEY=VALUE, one word."""
+    key = text.partition("=")[0]
+    if not key or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(f"{text!r}: want KEY or KEY=VALUE without spaces")
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RegistratorConfig, str]:
@@ -360,10 +379,7 @@ exit codes:
 It never exits because Docker or Consul is unreachable: it retries with backoff.""",
     )
     opt = parser.option
-    opt("--consul", env="CONSUL_HTTP_ADDR", default="http://127.0.0.1:8500", metavar="URL",
-        help="Consul agent HTTP API address")
-    opt("--token", env="CONSUL_HTTP_TOKEN", default=None, secret=True,
-        help="Consul ACL token (prefer the env variable)")
+    cli.consul_options(parser)
     opt("--docker", env="DISCOVERY_DOCKER", default=None, metavar="URL",
         help="Docker API URL (unset: Docker's own DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, "
         "else the local socket)")
@@ -371,6 +387,8 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
         help="owner name written into each registration; only those are ever changed (default: Docker host name)")
     opt("--network", env="DISCOVERY_NETWORK", default=None,
         help="Docker network whose container address is registered (default: the container's only network)")
+    opt("--only-label", env="DISCOVERY_ONLY_LABEL", default=None, type=label_filter, metavar="KEY[=VALUE]",
+        help="only consider containers with this label (e.g. com.docker.compose.project=discovery)")
     opt("--resync", env="DISCOVERY_RESYNC", default=30.0, type=cli.positive_seconds,
         help="full reconcile interval (e.g. 30s)")
     opt("--ready-timeout", env="DISCOVERY_READY_TIMEOUT", default=30.0, type=cli.positive_seconds,
@@ -391,8 +409,9 @@ It never exits because Docker or Consul is unreachable: it retries with backoff.
             raise ValueError(f"--deregister-after {args.deregister_after!r}: want a duration of at least 1m, "
                              "with its unit (90s, 1m, 2h)")
         config = RegistratorConfig(
-            consul=ConsulAddress.parse(args.consul), token=args.token, docker_url=args.docker, owner=args.id,
-            network=args.network, resync=args.resync, deregister_after=args.deregister_after,
+            consul=ConsulAddress.parse(args.consul), token=cli.consul_token(args.token, args.token_file),
+            docker_url=args.docker, owner=args.id, network=args.network, only_label=args.only_label,
+            resync=args.resync, deregister_after=args.deregister_after,
             ready_timeout=args.ready_timeout, listen=args.listen,
         )
     except (InvalidValue, ValueError) as error:

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from discovery.model import OWNER_META, OWNER_VALUE, ConsulAddress, HttpCheck, Registration
-from discovery.register import SyncPlan, owned, parse_args, sync_plan
+from discovery.register import SyncPlan, label_filter, owned, parse_args, sync_plan
 
 CONTAINER = "4f66ad9a0b2e" + "7" * 52
 DEFAULT_CHECK = HttpCheck()
@@ -140,3 +140,15 @@ def test_help_lists_labels_their_env_fallbacks_and_exit_codes(capsys):
     assert [word for word in words if word not in text] == []
     codes = text.split("exit codes:")[1].splitlines()
     assert [line.split()[0] for line in codes if line.startswith("  ")] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("text", ["", "=x", "a b", "project=x\ny"])
+def test_a_label_filter_is_one_key_or_key_value_word(text):
+    with pytest.raises(ValueError):
+        label_filter(text)
+
+
+def test_only_label_reaches_the_config(monkeypatch):
+    monkeypatch.setenv("DISCOVERY_ONLY_LABEL", "com.docker.compose.project=lab")
+    config, _ = parse_args([])
+    assert config.only_label == "com.docker.compose.project=lab"
