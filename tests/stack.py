@@ -46,6 +46,10 @@ class ComposeStack:
         config = self.run("exec", "-T", "ha", "cat", "/etc/haproxy/haproxy.cfg").stdout
         return set(re.findall(r"^\s*server (\S+) ", config, re.M))
 
+    def token(self, service: str) -> str:
+        """The Consul ACL token the bootstrap gave `service` (registrator or ha)."""
+        return self.run("exec", "-T", service, "cat", "/run/secrets/consul/token").stdout.strip()
+
     def in_ha(self, python: str) -> str:
         """Run Python in the `ha` container (the discovery package is installed there)."""
         return self.run("exec", "-T", "ha", "python3", "-c", python).stdout

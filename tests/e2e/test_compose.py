@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import consul
 import pytest
+from consul.exceptions import ACLPermissionDenied
 
 from tests.stack import ComposeStack
 from tests.support import Load, http_get, wait_until
@@ -86,6 +87,24 @@ def test_registrator_reaches_docker_only_through_the_read_only_proxy(stack):
     assert answers == ["200", "403", "403", "403"]
 
 
+def test_consul_enforces_acls_with_one_least_privilege_token_per_component(stack):
+    anonymous = consul.Consul(host="127.0.0.1", port=CONSUL)
+    registrator = consul.Consul(host="127.0.0.1", port=CONSUL, token=STACK.token("registrator"))
+    watcher = consul.Consul(host="127.0.0.1", port=CONSUL, token=STACK.token("ha"))
+    assert anonymous.catalog.services()[1] == {} and anonymous.catalog.nodes()[1] == []
+    assert set(watcher.catalog.services()[1]) == {"consul", "webapp"}
+    with pytest.raises(ACLPermissionDenied):
+        registrator.kv.get("any/key")
+    with pytest.raises(ACLPermissionDenied):
+        registrator.agent.service.register("not-webapp", service_id="intruder", port=80)
+    with pytest.raises(ACLPermissionDenied):
+        watcher.agent.service.register("webapp", service_id="intruder", port=80)
+    with pytest.raises(ACLPermissionDenied):
+        watcher.kv.put("any/key", "x")
+    # Gossip is encrypted with the key made at first start.
+    assert "Encrypt: Gossip: true" in compose("logs", "--no-color", "consul").stdout
+
+
 def test_stats_page_lists_the_web_apps(stack):
     assert http_get(STATS, "/")[0] == 401  # no default password: one was generated at first start
     password = compose("exec", "-T", "ha", "cat", "/etc/haproxy/stats-password").stdout.strip()
@@ -134,7 +153,7 @@ def test_registrator_restart_reconciles_consul_with_running_containers(stack):
     subprocess.run(["docker", "stop", "-t", "1", compose("ps", "-q", "webapp").stdout.split()[0]], check=True,
                    capture_output=True)
     compose("up", "-d", "--no-deps", "registrator")
-    client = consul.Consul(host="127.0.0.1", port=CONSUL)
+    client = consul.Consul(host="127.0.0.1", port=CONSUL, token=STACK.token("ha"))
 
     def consul_matches() -> bool:
         ours = {sid for sid, s in client.agent.services().items()
