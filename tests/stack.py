@@ -20,8 +20,9 @@ class ComposeStack:
 
     def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "CONSUL_IMAGE": os.environ.get("CONSUL_IMAGE", "hashicorp/consul:1.8.7")}
-        result = subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=ROOT, env=env, text=True,
-                                capture_output=True, timeout=timeout)
+        # -f explicitly: with -p alone, `down` fails once the exited one-shots were removed (compose#11686).
+        result = subprocess.run(["docker", "compose", "-f", "compose.yaml", "-p", self.project, *args], cwd=ROOT,
+                                env=env, text=True, capture_output=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"docker compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
@@ -36,7 +37,7 @@ class ComposeStack:
         finally:
             (ROOT / "build").mkdir(exist_ok=True)
             (ROOT / "build" / f"{self.project}.log").write_text(self.run("logs", "--no-color", check=False).stdout)
-            self.run("down", "-v", "--remove-orphans", "-t", "2", check=False)
+            self.run("down", "-v", "--remove-orphans", "-t", "2")  # a stack left behind would break the next one
 
     def webapp_ids(self) -> set[str]:
         """Server names of the running web app containers, as the registrator names them."""
