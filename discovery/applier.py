@@ -21,7 +21,7 @@ from discovery import metrics
 from discovery.haproxy import ConfigInvalid, HAProxyError, HAProxyUnreachable, MasterCLI, validate, write_atomic
 from discovery.model import DesiredState, Instance, backend_name
 from discovery.plan import Change, Membership, diff, membership, with_draining
-from discovery.render import Renderer, RenderSettings, TemplateError, server_arguments
+from discovery.render import Renderer, RenderSettings, TemplateError, file_servers, server_arguments
 from discovery.runtime import RuntimeAPI
 
 log = logging.getLogger("discovery.watch")
@@ -74,11 +74,26 @@ class Applier:
     # --- start-up
 
     async def attach(self, master: MasterCLI) -> None:
-        """Use this master CLI from now on. When HAProxy already runs (after a watcher restart),
-        it runs the file on disk: adopting that file as loaded spares a needless reload."""
+        """Use this master CLI from now on. When HAProxy already runs (after a watcher restart)
+        and runs the servers the file on disk lists, adopting that file as loaded spares a
+        needless reload. If they differ, a watcher stopped between writing the file and telling
+        HAProxy: the first apply then reloads, so that nothing of that change is lost."""
         self.master = master
-        if await self._haproxy_up() and self.settings.output.exists():
-            self.loaded = self.settings.output.read_text()
+        if not (await self._haproxy_up() and self.settings.output.exists()):
+            return
+        text = self.settings.output.read_text()
+        assert self.runtime is not None
+        try:
+            running = await self.runtime.servers()
+        except HAProxyError as error:  # e.g. the admin socket not there yet: a reload is the safe side
+            log.warning("cannot list HAProxy's servers (%s): the first apply reloads", error)
+            return
+        if running == file_servers(text):
+            self.loaded = text
+        else:
+            log.warning("HAProxy runs other servers than %s lists (%d missing, %d extra): the first apply "
+                        "reloads", self.settings.output, len(file_servers(text) - running),
+                        len(running - file_servers(text)))
 
     async def bootstrap(self) -> None:
         """With no config at all yet, write one with no services so that HAProxy can start and

@@ -80,6 +80,11 @@ def server_arguments(text: str) -> dict[tuple[str, str], str]:
     return found
 
 
+def file_servers(text: str) -> set[tuple[str, str, str]]:
+    """(backend, server, address:port) of every server a rendered config lists."""
+    return {(backend, name, arguments.split()[0]) for (backend, name), arguments in server_arguments(text).items()}
+
+
 class Renderer:
     """Loads the template on every render so that an edited template is picked up live."""
 

@@ -29,6 +29,11 @@ class ServerStats:
     queued: int  # qcur
 
 
+def endpoint(address: str, port: str) -> str:
+    """`address:port` as the file writes it: IPv6 in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 class RuntimeAPI:
     """The admin socket; every command on its own connection (see `one_command`)."""
 
@@ -73,6 +78,15 @@ class RuntimeAPI:
             key = (row["pxname"], row["svname"])
             found[key] = ServerStats(key[0], key[1], row.get("status", ""), int(row.get("scur") or 0),
                                      int(row.get("qcur") or 0))
+        return found
+
+    async def servers(self) -> set[tuple[str, str, str]]:
+        """(backend, server, address) of every server HAProxy runs now (see `render.file_servers`)."""
+        found = set()
+        for line in (await self.server_state()).splitlines()[1:]:
+            words = line.split()
+            if len(words) > 18 and not line.startswith("#"):
+                found.add((words[1], words[3], endpoint(words[4], words[18])))
         return found
 
     async def server_state(self) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import consul
 
 from discovery.haproxy import MasterCLI
-from discovery.render import server_arguments
+from discovery.render import file_servers
 from discovery.runtime import RuntimeAPI
 from tests.support import free_port, get_json, log_text, require, stop_process, wait_until
 
@@ -106,12 +106,10 @@ class Watcher:
 
     def runtime_servers(self) -> set[tuple[str, str, str]]:
         """(backend, server, address:port) of every server the running HAProxy has."""
-        lines = asyncio.run(RuntimeAPI(self.sockets / "admin.sock").server_state()).splitlines()[2:]
-        return {(w[1], w[3], f"{w[4]}:{w[18]}") for w in (line.split() for line in lines) if len(w) > 18}
+        return asyncio.run(RuntimeAPI(self.sockets / "admin.sock").servers())
 
     def file_servers(self) -> set[tuple[str, str, str]]:
-        return {(backend, name, arguments.split()[0])
-                for (backend, name), arguments in server_arguments(self.config).items()}
+        return file_servers(self.config)
 
     def sessions(self, backend: str, server: str) -> int:
         live = asyncio.run(RuntimeAPI(self.sockets / "admin.sock").stats()).get((backend, server))

@@ -6,9 +6,10 @@ import socket
 
 import pytest
 
+from discovery.applier import Applier, ApplySettings
 from discovery.haproxy import ConfigInvalid, ManagedHAProxy, MasterCLI, ReloadFailed, validate, write_atomic
 from discovery.model import DesiredState, Instance, Service
-from discovery.render import Renderer, RenderSettings
+from discovery.render import DEFAULT_TEMPLATE, Renderer, RenderSettings
 from tests.support import free_port, http_get, require
 
 pytestmark = pytest.mark.integration
@@ -67,3 +68,20 @@ async def test_a_reload_haproxy_refuses_raises_reload_failed(haproxy, tmp_path):
             await MasterCLI(managed.master_socket).reload()
     status, _, _ = http_get(http_port)  # the previous workers still serve
     assert status == 503
+
+
+async def test_a_restarted_watcher_adopts_the_file_only_when_haproxy_runs_its_servers(haproxy, tmp_path):
+    managed, (http_port, stats_port) = haproxy
+    settings = ApplySettings(DEFAULT_TEMPLATE, managed.config, render=RenderSettings(
+        http_bind=f"127.0.0.1:{http_port}", stats_bind=f"127.0.0.1:{stats_port}",
+        runtime_socket=str(tmp_path / "admin.sock")))
+    adopting = Applier(settings)
+    await adopting.attach(MasterCLI(managed.master_socket))
+    assert adopting.loaded == managed.config.read_text()  # HAProxy runs what the file says: no reload
+    # A watcher that died after writing a new file but before telling HAProxy: the file lists a
+    # server HAProxy does not run, so the next watcher must not take the file as loaded.
+    write_atomic(managed.config, config_text(tmp_path, http_port, stats_port,
+                                             [Instance("web", "web-1", "127.0.0.1", free_port())]))
+    restarted = Applier(settings)
+    await restarted.attach(MasterCLI(managed.master_socket))
+    assert restarted.loaded is None
