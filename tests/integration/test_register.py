@@ -74,18 +74,20 @@ def containers(docker_client) -> Iterator[Containers]:
 
 
 @pytest.fixture
-def start_registrator(consul_agent, tmp_path: Path):
+def start_registrator(consul_agent, containers, tmp_path: Path):
     owner = f"test-{uuid.uuid4().hex[:8]}"
     listen_port = free_port()
     running: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(*extra: str) -> subprocess.Popen[bytes]:
         log = tmp_path / f"register-{len(running)}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 # These containers never answer their health path: register them after 1 s anyway.
                 [sys.executable, "-m", "discovery.register", "--consul", consul_agent.address, "--id", owner,
-                 "--resync", "2s", "--ready-timeout", "1s", "--listen", f"127.0.0.1:{listen_port}"],
+                 "--resync", "2s", "--ready-timeout", "1s", "--listen", f"127.0.0.1:{listen_port}",
+                 # This test's containers only: other stacks on the same Docker come and go meanwhile.
+                 "--only-label", f"discovery-test={containers.run}", *extra],
                 stdout=sink, stderr=subprocess.STDOUT,
             )
         running.append(process)
@@ -106,10 +108,10 @@ def ours(consul_agent, owner: str) -> dict[str, dict]:
     return owned(consul_agent.client.agent.services(), owner)
 
 
-def expected(docker_client, owner: str) -> set[str]:
-    """What Consul must hold: one registration per running container that opted in."""
+def expected(containers: Containers, owner: str) -> set[str]:
+    """What Consul must hold: one registration per running test container that opted in."""
     wanted = set()
-    for container in docker_client.containers.list():
+    for container in containers.client.containers.list(filters={"label": f"discovery-test={containers.run}"}):
         reg = registration(container.attrs, owner)
         if reg is not None:
             wanted.add(reg.id)
@@ -163,7 +165,7 @@ def test_restarted_registrator_reconciles_what_it_missed(consul_agent, container
     assert f"regtest-{gone.id[:12]}" in stale and f"regtest-{new.id[:12]}" not in stale
 
     start_registrator()
-    wait_until(lambda: set(ours(consul_agent, owner)) == expected(docker_client, owner),
+    wait_until(lambda: set(ours(consul_agent, owner)) == expected(containers, owner),
                "Consul to match the running containers exactly")
     assert {f"regtest-{kept.id[:12]}", f"regtest-{new.id[:12]}"} <= set(ours(consul_agent, owner))
 
@@ -177,7 +179,7 @@ def test_opted_in_container_with_bad_labels_is_refused_with_a_reason(consul_agen
 
 
 def test_a_ready_container_is_registered_passing_at_once(consul_agent, containers, start_registrator, webapp_image):
-    start_registrator()
+    start_registrator("--ready-timeout", "30s")  # however slowly a busy machine starts the app
     container = containers.start("readytest", image=webapp_image, command=[],
                                  **{"discovery.port": "3000", "discovery.check.interval": "1m"})
     service_id = f"readytest-{container.id[:12]}"
@@ -199,3 +201,17 @@ def test_registrator_metrics_count_registrations(consul_agent, containers, start
     metrics = http_get(start_registrator.listen_port, "/metrics")[2].decode()
     assert 'discovery_registrations_total{ready="no"} 1.0' in metrics  # `sleep` never answers /health
     assert 'discovery_docker_events_total{action="start"} 1.0' in metrics
+
+
+def test_only_containers_with_the_chosen_label_are_seen(consul_agent, containers, docker_client, start_registrator):
+    start_registrator()
+    # Opted in, but without this run's label: another project's container on the same Docker.
+    foreign = docker_client.containers.run(IMAGE, ["sleep", "600"], detach=True, init=True,
+                                           labels={"discovery.service": "regtest", "discovery.port": "8080"})
+    try:
+        ours_too = containers.start("regtest")
+        wait_until(lambda: f"regtest-{ours_too.id[:12]}" in ours(consul_agent, start_registrator.owner),
+                   "this run's container to be registered")
+        assert f"regtest-{foreign.id[:12]}" not in consul_agent.client.agent.services()
+    finally:
+        foreign.remove(force=True)
