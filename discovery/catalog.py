@@ -23,7 +23,7 @@ import consul.aio
 from consul.exceptions import ConsulException
 
 from discovery import metrics
-from discovery.model import CatalogEntry, ConsulAddress, Instance, InvalidValue, service_name
+from discovery.model import CatalogEntry, ConsulAddress, Instance, InvalidValue, service_name, shown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -127,7 +127,7 @@ def parse_instances(name: str, entries: list[dict[str, Any]]) -> tuple[tuple[Ins
             instances.append(Instance(name, service_id, addr, service.get("Port", 0)))
             seen.add(service_id)
         except InvalidValue as error:
-            refused.append(f"instance {service.get('ID')!r}: {error}")
+            refused.append(f"instance {shown(service.get('ID'))}: {error}")
     return tuple(instances), refused
 
 

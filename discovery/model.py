@@ -31,9 +31,16 @@ class InvalidValue(ValueError):
     """A value from outside does not fit the grammar HAProxy and Consul accept."""
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """A value for a log line: quoted (no raw line breaks) and cut short (no 5,000-character lines)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    return repr(value)
+
+
 def service_name(value: str) -> str:
     if not isinstance(value, str) or not _SERVICE_NAME.fullmatch(value):
-        raise InvalidValue(f"service name {value!r}: want 1-63 of [A-Za-z0-9_.-], alphanumeric at both ends")
+        raise InvalidValue(f"service name {shown(value)}: want 1-63 of [A-Za-z0-9_.-], alphanumeric at both ends")
     return value
 
 
@@ -41,9 +48,9 @@ def port(value: int | str) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise InvalidValue(f"port {value!r}: not an integer") from None
+        raise InvalidValue(f"port {shown(value)}: not an integer") from None
     if isinstance(value, bool) or not 1 <= number <= 65535:
-        raise InvalidValue(f"port {value!r}: want 1-65535")
+        raise InvalidValue(f"port {shown(value)}: want 1-65535")
     return number
 
 
@@ -51,35 +58,35 @@ def address(value: str) -> str:
     try:
         parsed = ipaddress.ip_address(value)
     except (TypeError, ValueError):
-        raise InvalidValue(f"address {value!r}: not an IPv4 or IPv6 address") from None
+        raise InvalidValue(f"address {shown(value)}: not an IPv4 or IPv6 address") from None
     if isinstance(parsed, ipaddress.IPv6Address):
         if parsed.scope_id is not None:  # "fe80::1%eth0": the zone is free text
-            raise InvalidValue(f"address {value!r}: scoped IPv6 addresses are not routed")
+            raise InvalidValue(f"address {shown(value)}: scoped IPv6 addresses are not routed")
         if parsed.ipv4_mapped is not None:  # would slip past the checks below as IPv6
-            raise InvalidValue(f"address {value!r}: IPv4-mapped; register the IPv4 address")
+            raise InvalidValue(f"address {shown(value)}: IPv4-mapped; register the IPv4 address")
     if parsed.is_unspecified or parsed.is_multicast:
-        raise InvalidValue(f"address {value!r}: not a unicast address")
+        raise InvalidValue(f"address {shown(value)}: not a unicast address")
     if parsed.is_link_local:  # 169.254.169.254 and friends: metadata services, never a back end
-        raise InvalidValue(f"address {value!r}: link-local")
+        raise InvalidValue(f"address {shown(value)}: link-local")
     return str(parsed)
 
 
 def tag(value: str) -> str:
     if not isinstance(value, str) or not _TAG.fullmatch(value):
-        raise InvalidValue(f"tag {value!r}: want 1-128 of [A-Za-z0-9_.:=/,-]")
+        raise InvalidValue(f"tag {shown(value)}: want 1-128 of [A-Za-z0-9_.:=/,-]")
     return value
 
 
 def hostname(value: str) -> str:
     lowered = value.lower() if isinstance(value, str) else value
     if not isinstance(lowered, str) or not _HOSTNAME.fullmatch(lowered):
-        raise InvalidValue(f"host {value!r}: not a DNS host name")
+        raise InvalidValue(f"host {shown(value)}: not a DNS host name")
     return lowered
 
 
 def path_prefix(value: str) -> str:
     if not isinstance(value, str) or not _PATH_PREFIX.fullmatch(value):
-        raise InvalidValue(f"path {value!r}: want '/' then up to 200 of [A-Za-z0-9._~/-]")
+        raise InvalidValue(f"path {shown(value)}: want '/' then up to 200 of [A-Za-z0-9._~/-]")
     return value
 
 
@@ -106,7 +113,7 @@ class Instance:
     def __post_init__(self) -> None:
         service_name(self.service)
         if not isinstance(self.id, str) or not 1 <= len(self.id) <= 256:
-            raise InvalidValue(f"instance id {self.id!r}: want 1-256 characters")
+            raise InvalidValue(f"instance id {shown(self.id)}: want 1-256 characters")
         object.__setattr__(self, "address", address(self.address))
         object.__setattr__(self, "port", port(self.port))
 
@@ -254,7 +261,7 @@ class HttpCheck:
         for name in ("interval", "timeout"):
             value = getattr(self, name)
             if not isinstance(value, str) or not re.fullmatch(r"[1-9][0-9]{0,5}(ms|s|m)", value):
-                raise InvalidValue(f"health check {name} {value!r}: want a duration like 2s or 500ms")
+                raise InvalidValue(f"health check {name} {shown(value)}: want a duration like 2s or 500ms")
 
     @property
     def fingerprint(self) -> str:
@@ -277,7 +284,7 @@ class Registration:
     def __post_init__(self) -> None:
         service_name(self.name)
         if not _SERVER_NAME.fullmatch(self.id):
-            raise InvalidValue(f"service id {self.id!r}: want 1-100 of [A-Za-z0-9_.:-]")
+            raise InvalidValue(f"service id {shown(self.id)}: want 1-100 of [A-Za-z0-9_.:-]")
         object.__setattr__(self, "address", address(self.address))
         object.__setattr__(self, "port", port(self.port))
         object.__setattr__(self, "tags", tuple(sorted({tag(t) for t in self.tags})))

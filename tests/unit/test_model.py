@@ -1,5 +1,6 @@
 import pytest
 
+from discovery import model
 from discovery.model import (
     ConsulAddress,
     DesiredState,
@@ -137,3 +138,10 @@ def test_scoped_and_ipv4_mapped_ipv6_addresses_are_refused(address):
 
 def test_a_server_id_with_a_trailing_line_break_gets_a_digest_name():
     assert server_name("web-1\n").startswith("id-")
+
+
+def test_a_refused_value_is_shown_quoted_and_cut_short():
+    with pytest.raises(InvalidValue) as refused:
+        model.service_name("x" * 5000 + "\n  bind :8081")
+    message = str(refused.value)
+    assert len(message) < 200 and "5013 characters" in message and "\n" not in message
