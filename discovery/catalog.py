@@ -120,6 +120,11 @@ def parse_instances(name: str, entries: list[dict[str, Any]]) -> tuple[tuple[Ins
         # An empty service address means "the node's address" in Consul's catalog.
         addr = service.get("Address") or node.get("Address") or ""
         service_id = str(service.get("ID", ""))
+        if service.get("Service", name) != name:
+            # Consul matches the name case-insensitively: `Web` instances answer for `web`,
+            # which opted in on its own tags, not theirs.
+            refused.append(f"instance {shown(service_id)}: registered as {shown(service.get('Service'))}, not {name!r}")
+            continue
         if service_id in seen:
             # IDs are unique per agent, not per cluster: two nodes may both run "web-1".
             service_id = f"{service_id}:{node.get('Node', '')}"

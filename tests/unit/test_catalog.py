@@ -283,3 +283,11 @@ def test_a_service_name_we_could_not_route_is_refused_once_and_never_queried():
     assert not catalog._valid("../x")
     assert catalog._valid("web")
     assert len(catalog._refused_names) == 2
+
+
+def test_instances_of_a_name_that_differs_only_in_case_are_not_taken():
+    other = health_entry("Web-1", "172.18.0.9")
+    other["Service"]["Service"] = "Web"  # Consul answers /health/service/web with these too
+    instances, refused = parse_instances("web", [health_entry("web-1", "172.18.0.4"), other])
+    assert [i.id for i in instances] == ["web-1"]
+    assert len(refused) == 1 and "registered as 'Web'" in refused[0]
