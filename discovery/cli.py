@@ -107,10 +107,12 @@ def listen_address(text: str) -> str | None:
 
 
 def setup_logging(level: str) -> None:
+    """One format for every line; calling it again only changes the level."""
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    logging.getLogger().setLevel(level.upper())
 
 
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:

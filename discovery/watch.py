@@ -386,6 +386,7 @@ exit codes:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging("info")  # parsing may already say something (a new stats password)
     config, level = parse_args(argv)
     cli.setup_logging(level)
     return cli.run(lambda: watch(config))
