@@ -215,9 +215,7 @@ class Lab:
         self.token = ""
         self.ports: dict[str, int] = {}
         self.env = {"HA_HTTP_PUBLISH": publish(config.http_port), "HA_STATS_PUBLISH": publish(config.stats_port),
-                    "CONSUL_PUBLISH": publish(config.consul_port),
-                    # Only this stack's web apps, even beside other stacks on the same Docker host.
-                    "DISCOVERY_NETWORK": f"{config.project}_default"}
+                    "CONSUL_PUBLISH": publish(config.consul_port)}
 
     # -- commands
 
@@ -231,7 +229,9 @@ class Lab:
         return result
 
     def compose(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return self.docker("compose", "-p", self.config.project, *args, check=check, timeout=timeout)
+        # -f as well as -p: with -p alone, `down` fails once the exited one-shots are gone (compose#11686).
+        return self.docker("compose", "-f", "compose.yaml", "-p", self.config.project, *args, check=check,
+                           timeout=timeout)
 
     def containers(self, service: str | None = None, running: bool = False) -> list[str]:
         """Full IDs of the project's containers (of one service), oldest name first."""
