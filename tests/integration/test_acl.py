@@ -19,7 +19,8 @@ from tests.support import http_get, wait_until
 
 pytestmark = pytest.mark.integration
 
-ACLS = 'acl { enabled = true, default_policy = "deny", down_policy = "extend-cache", enable_token_persistence = true }'
+# Without token persistence: a dev agent would write acl-tokens.json into the working directory.
+ACLS = 'acl { enabled = true, default_policy = "deny", down_policy = "extend-cache" }'
 
 
 @pytest.fixture
