@@ -11,6 +11,7 @@ and the last good state stays in force ("cannot ask" is not "none").
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import consul.aio
+from consul.base import Response
 from consul.exceptions import ConsulException
 
 from discovery import metrics
@@ -44,6 +46,10 @@ class QueryRules:
     min_interval: float = 0.05  # pause after a wake-up that brought no new index
     backoff_base: float = 0.2
     backoff_max: float = 5.0
+    # Read from any server (`?stale`) while it heard from the leader within this many seconds,
+    # else ask the leader: blocking queries go on through a leader election (consul-template's
+    # max_stale rule). 0: the leader only.
+    max_stale: float = 10.0
 
     @property
     def client_timeout(self) -> float:
@@ -105,6 +111,29 @@ async def follow_index(
             await asyncio.sleep(rules.min_interval)  # no tight loop on spurious wake-ups
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer to a blocking query, with what Consul says of its freshness."""
+
+    index: int
+    data: Any
+    last_contact: float = 0.0  # seconds since the answering server last heard from the leader
+    known_leader: bool = True
+
+
+def read_answer(response: Response) -> Answer:
+    """The body and the X-Consul-* headers of a read (py-consul's own callbacks drop the headers)."""
+    if response.code >= 400:
+        raise ConsulException(f"{response.code} {response.body}")
+    try:
+        index = int(response.headers["X-Consul-Index"])
+        data = json.loads(response.body) if response.body else None
+    except (KeyError, ValueError) as error:
+        raise ConsulException(f"unreadable answer ({error}): {response.body[:200]!r}") from None
+    return Answer(index, data, int(response.headers.get("X-Consul-LastContact", 0)) / 1000,
+                  response.headers.get("X-Consul-KnownLeader", "true") == "true")
+
+
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
@@ -156,6 +185,7 @@ class Catalog:
         self.answers: dict[str, tuple[int, float]] = {}  # query -> (index, when), for /status
         self._asked: dict[str, float] = {}  # service -> when its first health query went out
         self._refused_names: set[str] = set()
+        self._stale_said: set[str] = set()  # paths whose too-stale answers were logged (once each)
 
     def _valid(self, name: str) -> bool:
         """A service name we could route; anything else is refused once, before any query
@@ -199,16 +229,36 @@ class Catalog:
                     followers[name] = group.create_task(self._follow_service(name), name=f"health:{name}")
                 self._publish("catalog changed")
 
+    async def _read(self, path: str, index: int, *params: tuple[str, str]) -> tuple[int, Any]:
+        """A blocking read, stale while fresh enough (QueryRules.max_stale), else from the leader."""
+        query = [*params, ("wait", self._wait), *([("index", str(index))] if index else [])]
+        stale = self.rules.max_stale > 0
+        answer = await self._get(path, [*query, ("stale", "1")] if stale else query)
+        if stale and answer.last_contact > self.rules.max_stale:
+            metrics.STALE_ANSWERS.labels(path).inc()
+            if path not in self._stale_said:
+                self._stale_said.add(path)
+                log.warning("%s: the answering server last heard from the leader %.1f s ago (over --max-stale "
+                            "%gs%s): asking the leader", path, answer.last_contact, self.rules.max_stale,
+                            "" if answer.known_leader else "; no known leader")
+            answer = await self._get(path, query)
+        else:
+            self._stale_said.discard(path)
+        return answer.index, answer.data
+
+    async def _get(self, path: str, query: list[tuple[str, str]]) -> Answer:
+        answer: Answer = await self.client.http.get(read_answer, path, params=query,
+                                                    headers=self.client.prepare_headers())
+        return answer
+
     async def _fetch_services(self, index: int) -> tuple[int, dict[str, list[str]]]:
-        returned, services = await self.client.catalog.services(index=index or None, wait=self._wait)
-        return int(returned), services or {}
+        returned, services = await self._read("/v1/catalog/services", index)
+        return returned, services or {}
 
     async def _follow_service(self, name: str) -> None:
         async def fetch(index: int) -> tuple[int, list[dict[str, Any]]]:
-            returned, entries = await self.client.health.service(
-                name, index=index or None, wait=self._wait, passing=True
-            )
-            return int(returned), entries or []
+            returned, entries = await self._read(f"/v1/health/service/{name}", index, ("passing", "1"))
+            return returned, entries or []
 
         async for entries in follow_index(fetch, f"service {name}", self.rules, self._answered):
             instances, refused = parse_instances(name, entries)

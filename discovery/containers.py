@@ -194,7 +194,9 @@ class Containers:
         breaks: then raises, and the caller resumes from the last event it saw."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ContainerEvent | BaseException] = asyncio.Queue()
-        since = None if since_nano is None else since_nano / 1e9
+        # Docker reads `since` as seconds.nanoseconds: a float would round it by ~0.2 µs, enough to
+        # replay or skip the event it names.
+        since = None if since_nano is None else f"{since_nano // 10**9}.{since_nano % 10**9:09d}"
         stream = await asyncio.to_thread(
             lambda: self._docker().events(decode=True, since=since, filters={"type": "container", **self._labels})
         )

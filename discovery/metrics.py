@@ -15,6 +15,8 @@ CONSUL_INDEX = Gauge("discovery_consul_index", "Last X-Consul-Index seen, per bl
 CONSUL_LAST_ANSWER = Gauge("discovery_consul_last_answer_timestamp_seconds",
                            "When Consul last answered a blocking query (staleness = now - this)", ["query"])
 CONSUL_ERRORS = Counter("discovery_consul_errors_total", "Failed Consul requests (retried)", ["query"])
+STALE_ANSWERS = Counter("discovery_consul_stale_answers_total",
+                        "Stale reads older than --max-stale, asked again from the leader", ["path"])
 CHANGES_SEEN = Counter("discovery_changes_seen_total", "Catalog snapshots that differed from the previous one")
 CHANGES_APPLIED = Counter("discovery_changes_applied_total", "Changes applied to HAProxy, by method", ["method"])
 APPLY_SECONDS = Histogram(
@@ -25,6 +27,7 @@ APPLY_ERRORS = Counter("discovery_apply_errors_total", "Changes not applied (las
                        ["cause"])
 INSTANCES = Gauge("discovery_instances", "Passing instances routed, per service", ["service"])
 DRAINING = Gauge("discovery_draining_servers", "Servers draining before removal")
+SHRINKS_HELD = Gauge("discovery_shrinks_held", "Services whose large loss of instances waits for confirmation")
 REFUSED = Counter("discovery_refused_values_total", "Values from Consul refused as invalid, by kind", ["kind"])
 
 # --- registrator

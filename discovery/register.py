@@ -27,7 +27,7 @@ from consul.exceptions import ACLPermissionDenied, NotFound
 
 from discovery import cli, metrics
 from discovery.catalog import TRANSIENT as CONSUL_TRANSIENT
-from discovery.catalog import backoff, connect
+from discovery.catalog import backoff, connect, next_index
 from discovery.containers import TRANSIENT as DOCKER_TRANSIENT
 from discovery.containers import ContainerEvent, Containers, NotRegistrable, registration
 from discovery.model import OWNER_META, OWNER_VALUE, ConsulAddress, InvalidValue, Registration
@@ -281,6 +281,25 @@ class Registrator:
                 log.warning("Docker event stream broken (%s); resuming in %.1fs", error, delay)
                 await asyncio.sleep(delay)
 
+    async def follow_consul(self, wait: str = "5s") -> None:
+        """A Consul that restarted (data kept or wiped) or was restored from a snapshot may have
+        lost our registrations: reconcile as soon as it answers again, not at the next --resync.
+        A short blocking query notices both: an outage breaks it, a restore sends its index back."""
+        index, failures = 0, 0
+        while True:
+            try:
+                returned, _ = await self.client.catalog.services(index=index or None, wait=wait)
+            except CONSUL_TRANSIENT:
+                failures += 1
+                await asyncio.sleep(backoff(failures, 0.25, self.config.backoff_max))
+                continue
+            returned = int(returned)
+            if failures or returned < index:
+                log.info("Consul %s: reconciling now", "answers again" if failures else "index went backwards")
+                self.resync_now.set()
+            failures = 0
+            index = next_index(index, returned)
+
     async def resync_loop(self) -> None:
         failures = 0
         why = "start"
@@ -310,6 +329,7 @@ class Registrator:
             self._http, self._group = http, group
             group.create_task(self.resync_loop(), name="resync")
             group.create_task(self.follow_events(), name="events")
+            group.create_task(self.follow_consul(), name="consul")
 
 
 def _side(error: BaseException) -> str:

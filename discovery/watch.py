@@ -23,6 +23,7 @@ from discovery import cli, metrics
 from discovery.applier import APPLY_ERRORS, Applier, ApplySettings
 from discovery.catalog import Catalog, QueryRules, connect
 from discovery.desired import RoutingPolicy, desired_state
+from discovery.guard import ShrinkGuard, Verdict
 from discovery.haproxy import (
     HAProxyError,
     ManagedHAProxy,
@@ -49,6 +50,8 @@ class WatcherConfig:
     master_socket: Path = Path("/run/haproxy-master.sock")
     manage_haproxy: bool = False
     rules: QueryRules = field(default_factory=QueryRules)
+    max_shrink: float = 0.5  # ADR 0007: a larger loss of a service's instances waits `shrink_hold`
+    shrink_hold: float = 15.0
     wait_min: float = 0.2
     wait_max: float = 2.0
     once: bool = False
@@ -108,13 +111,14 @@ async def watch(config: WatcherConfig) -> int:
     applier = Applier(settings)
     mailbox = Mailbox()
     catalog = Catalog(client, config.policy.opted_in, mailbox.put, config.rules)
+    guard = ShrinkGuard(config.max_shrink, config.shrink_hold)
     log.info("watching %s for services tagged %r; writing %s", config.consul, config.policy.tag_prefix,
              settings.output)
     fatal: HAProxyError | None = None
     server = None
     if config.listen:
         status = metrics.app(lambda: {"consul": {"address": str(config.consul), **catalog.status()},
-                                      **applier.status()})
+                                      **applier.status(), "held_shrinks": sorted(guard.since)})
         server = await metrics.serve(status, config.listen)
         log.info("metrics and status on http://%s/ (/metrics, /status, /health)", config.listen)
     try:
@@ -126,7 +130,7 @@ async def watch(config: WatcherConfig) -> int:
             await applier.attach(MasterCLI(config.master_socket))
         async with asyncio.TaskGroup() as group:
             group.create_task(catalog.run(), name="catalog")
-            group.create_task(_apply_loop(config, applier, mailbox, managed), name="apply")
+            group.create_task(_apply_loop(config, applier, mailbox, managed, guard), name="apply")
             group.create_task(_drain_loop(applier), name="drain")
             if managed:
                 group.create_task(managed.supervise(), name="haproxy")
@@ -147,9 +151,10 @@ async def watch(config: WatcherConfig) -> int:
 
 
 async def _apply_loop(
-    config: WatcherConfig, applier: Applier, mailbox: Mailbox, managed: ManagedHAProxy | None
+    config: WatcherConfig, applier: Applier, mailbox: Mailbox, managed: ManagedHAProxy | None, guard: ShrinkGuard
 ) -> None:
     applied_at: float | None = None
+    held: set[str] = set()
     while True:
         await mailbox.changed.wait()
         while (delay := apply_at(mailbox.first, mailbox.last, applied_at, config.wait_min, config.wait_max)
@@ -166,6 +171,13 @@ async def _apply_loop(
         except InvalidValue as error:  # e.g. two instances that would share one server name
             log.error("not applied, keeping the last good config: %s", error)
             continue
+        verdict = guard.check(applier.applied, state, time.monotonic())
+        _log_shrinks(verdict, held)
+        held = set(guard.since)
+        metrics.SHRINKS_HELD.set(len(held))
+        if verdict.recheck_in is not None:
+            asyncio.get_running_loop().call_later(verdict.recheck_in, mailbox.put, None, "held shrink due")
+        state = verdict.state
         outcome = await applier.apply(state, reasons)
         if outcome.ok and managed and managed.process is None:
             await managed.start()
@@ -178,6 +190,17 @@ async def _apply_loop(
             asyncio.get_running_loop().call_later(1.0, mailbox.put, None, "HAProxy was not running")
         if outcome.action != "unchanged":  # only real changes open a quiet period
             applied_at = time.monotonic()
+
+
+def _log_shrinks(verdict: Verdict, held: set[str]) -> None:
+    """One line when a shrink starts being held, and one when it ends, either way."""
+    for line in verdict.held:
+        if line.partition(":")[0] not in held:
+            log.warning("large shrink held until Consul has said it for --shrink-hold: %s", line)
+    for name in verdict.confirmed:
+        log.warning("service %s: held shrink applied, Consul kept saying it", name)
+    for name in held - {line.partition(":")[0] for line in verdict.held} - set(verdict.confirmed):
+        log.info("service %s: held shrink over, Consul lists its instances again", name)
 
 
 async def _drain_loop(applier: Applier, every: float = 0.1) -> None:
@@ -327,6 +350,14 @@ exit codes:
         help="quiet time that ends a burst of changes (e.g. 200ms)")
     opt("--wait-max", env="DISCOVERY_WAIT_MAX", default=2.0, type=cli.positive_seconds,
         help="longest a burst may delay an apply (e.g. 2s)")
+    opt("--max-shrink", env="DISCOVERY_MAX_SHRINK", default=50.0, type=float, metavar="PERCENT",
+        help="a service losing more than this share of its instances at once keeps them until Consul "
+        "has said so for --shrink-hold (a wiped or restarting Consul looks like that); 100 turns it off")
+    opt("--shrink-hold", env="DISCOVERY_SHRINK_HOLD", default=15.0, type=cli.positive_seconds,
+        help="how long a larger shrink must last before it is applied (e.g. 15s)")
+    opt("--max-stale", env="DISCOVERY_MAX_STALE", default=10.0, type=cli.positive_seconds,
+        help="read from any Consul server while it heard from the leader within this time, else from "
+        "the leader (lets blocking queries go on through a leader election); 0 reads from the leader only")
     opt("--consul-wait", env="DISCOVERY_CONSUL_WAIT", default=55.0, type=cli.positive_seconds,
         help="blocking-query wait sent to Consul (at most 10m)")
     opt("--once-timeout", env="DISCOVERY_ONCE_TIMEOUT", default=30.0, type=cli.positive_seconds,
@@ -342,6 +373,8 @@ exit codes:
         parser.error("--wait-max must not be shorter than --wait-min")
     if not 1 <= args.consul_wait <= 600:
         parser.error("--consul-wait must be between 1s and 10m")
+    if not 0 <= args.max_shrink <= 100:
+        parser.error("--max-shrink must be a percentage between 0 and 100")
     if args.max_reloads_per_minute < 1:
         parser.error("--max-reloads-per-minute must be at least 1")
     output = Path(args.output)
@@ -370,7 +403,9 @@ exit codes:
             ),
             master_socket=Path(args.master_socket),
             manage_haproxy=args.manage_haproxy,
-            rules=QueryRules(wait=args.consul_wait),
+            rules=QueryRules(wait=args.consul_wait, max_stale=args.max_stale),
+            max_shrink=args.max_shrink / 100,
+            shrink_hold=args.shrink_hold,
             wait_min=args.wait_min,
             wait_max=args.wait_max,
             once=args.once,

@@ -1,12 +1,22 @@
 import asyncio
+import json
 import random
 import time
 
 import aiohttp
 import pytest
+from consul.base import Response
 from consul.exceptions import ConsulException
 
-from discovery.catalog import NEW_SERVICE_GRACE, Catalog, QueryRules, follow_index, next_index, parse_instances
+from discovery.catalog import (
+    NEW_SERVICE_GRACE,
+    Catalog,
+    QueryRules,
+    follow_index,
+    next_index,
+    parse_instances,
+    read_answer,
+)
 from discovery.model import CatalogEntry, Instance
 
 FAST = QueryRules(wait=1.0, min_interval=0.001, backoff_base=0.001, backoff_max=0.001)
@@ -238,16 +248,32 @@ def test_the_same_service_id_on_two_nodes_gives_two_distinct_servers():
     assert len({i.server_name for i in instances}) == 2
 
 
-class ScriptedHealth:
-    """Stands in for `client.health`: answers /v1/health/service from a script, then waits."""
+class ScriptedHTTP:
+    """Stands in for `client.http`: answers reads from a script of (index, body, last contact ms),
+    then blocks like a query that never returns; records each query's parameters."""
 
     def __init__(self, answers):
         self.answers = list(answers)
+        self.queries = []
 
-    async def service(self, name, index=None, wait=None, passing=None):
+    async def get(self, callback, path, params=None, headers=None):
+        self.queries.append((path, dict(params or [])))
         if not self.answers:
-            await asyncio.Event().wait()  # a blocking query that never returns
-        return self.answers.pop(0)
+            await asyncio.Event().wait()
+        index, body, contact = self.answers.pop(0)
+        return callback(Response(200, {"X-Consul-Index": str(index), "X-Consul-LastContact": str(contact),
+                                       "X-Consul-KnownLeader": "true"}, json.dumps(body)))
+
+
+def scripted_client(*answers):
+    http = ScriptedHTTP(answers)
+    return type("Client", (), {"http": http, "prepare_headers": lambda self, token=None: {}})(), http
+
+
+async def settle(task):
+    for _ in range(50):
+        await asyncio.sleep(0)
+    task.cancel()
 
 
 async def test_an_answer_that_changes_only_raft_indexes_is_not_published():
@@ -255,14 +281,48 @@ async def test_an_answer_that_changes_only_raft_indexes_is_not_published():
     resynced = health_entry("web-1", "10.0.0.1") | {"ModifyIndex": 11}  # anti-entropy, same instance
     moved = health_entry("web-1", "10.0.0.9")
     catalog, published = catalog_and_log()
-    catalog.client = type("Client", (), {"health": ScriptedHealth([(1, [first]), (2, [resynced]), (3, [moved])])})()
+    catalog.client, _ = scripted_client((1, [first], 0), (2, [resynced], 0), (3, [moved], 0))
     catalog.rules = QueryRules(min_interval=0)
     catalog._tags = {"web": frozenset({"lb"})}
-    follower = asyncio.create_task(catalog._follow_service("web"))
-    for _ in range(50):
-        await asyncio.sleep(0)
-    follower.cancel()
+    await settle(asyncio.create_task(catalog._follow_service("web")))
     assert [snapshot[0].instances[0].address for snapshot, _ in published] == ["10.0.0.1", "10.0.0.9"]
+
+
+async def test_reads_are_stale_while_fresh_enough_and_go_to_the_leader_when_not():
+    catalog, _ = catalog_and_log()
+    entry = [health_entry("web-1", "10.0.0.1")]
+    catalog.client, http = scripted_client((5, entry, 200), (6, entry, 12_000), (7, entry, 0))
+    catalog.rules = QueryRules(min_interval=0, max_stale=10.0)
+    catalog._tags = {"web": frozenset({"lb"})}
+    await settle(asyncio.create_task(catalog._follow_service("web")))
+    stale = ["stale" in params for _, params in http.queries]
+    assert stale == [True, True, False, True]  # 12 s since the leader was heard: asked again without ?stale
+    assert http.queries[2][1]["index"] == "5" and http.queries[3][1]["index"] == "7"
+    assert all(params["passing"] == "1" and path == "/v1/health/service/web" for path, params in http.queries)
+
+
+async def test_max_stale_zero_reads_from_the_leader_only():
+    catalog, _ = catalog_and_log()
+    catalog.client, http = scripted_client((5, {"web": ["lb"]}, 0))
+    catalog.rules = QueryRules(max_stale=0)
+    assert await catalog._fetch_services(0) == (5, {"web": ["lb"]})
+    assert http.queries == [("/v1/catalog/services", {"wait": "55s"})]
+
+
+@pytest.mark.parametrize(("code", "headers", "body"), [
+    (500, {"X-Consul-Index": "1"}, "No cluster leader"),
+    (200, {}, "[]"),
+    (200, {"X-Consul-Index": "1"}, "{not json"),
+])
+def test_an_error_or_unreadable_answer_is_a_consul_exception(code, headers, body):
+    with pytest.raises(ConsulException):
+        read_answer(Response(code, headers, body))
+
+
+def test_an_answer_carries_its_freshness():
+    answer = read_answer(Response(200, {"X-Consul-Index": "9", "X-Consul-LastContact": "1500",
+                                        "X-Consul-KnownLeader": "false"}, "[]"))
+    assert (answer.index, answer.data, answer.last_contact, answer.known_leader) == (9, [], 1.5, False)
 
 
 def test_a_new_service_silent_past_the_grace_period_no_longer_holds_the_others_back():

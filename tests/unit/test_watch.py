@@ -114,7 +114,8 @@ def test_defaults(parse, tmp_path):
     assert (config.apply.drain_timeout, config.apply.max_reloads_per_minute) == (30.0, 30)
     assert not config.apply.render.sticky
     assert (config.wait_min, config.wait_max, config.once_timeout) == (0.2, 2.0, 30.0)
-    assert config.rules == QueryRules(wait=55.0)
+    assert config.rules == QueryRules(wait=55.0, max_stale=10.0)
+    assert (config.max_shrink, config.shrink_hold) == (0.5, 15.0)  # ADR 0007
     assert not (config.manage_haproxy or config.once or config.dry_run)
     assert level == "info"
 
@@ -130,6 +131,14 @@ def test_environment_variables_set_the_defaults(parse, monkeypatch):
     assert (config.wait_min, config.wait_max, config.rules.wait) == (0.25, 3.0, 60.0)
     assert config.consul == ConsulAddress("https", "consul.local", 8501)
     assert config.policy.tag_prefix == "edge" and config.manage_haproxy and level == "debug"
+
+
+def test_guard_rails_can_be_tuned_or_turned_off(parse, monkeypatch):
+    monkeypatch.setenv("DISCOVERY_MAX_SHRINK", "100")
+    config, _ = parse("--shrink-hold", "1m", "--max-stale", "0")
+    assert (config.max_shrink, config.shrink_hold, config.rules.max_stale) == (1.0, 60.0, 0.0)
+    with pytest.raises(SystemExit):
+        parse("--max-shrink", "150")
 
 
 def test_flags_beat_environment_variables(parse, monkeypatch):

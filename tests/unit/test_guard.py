@@ -1,0 +1,74 @@
+import pytest
+
+from discovery.guard import ShrinkGuard
+from discovery.model import DesiredState, Instance, Route, Service
+
+
+def web(*numbers, default=True, routes=()):
+    return Service("web", tuple(Instance("web", f"web-{n}", f"10.0.0.{n}", 80) for n in numbers), routes, default)
+
+
+def state(*services):
+    return DesiredState(tuple(services))
+
+
+def test_the_first_state_and_small_shrinks_pass_untouched():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    assert guard.check(None, state(), 0).state == state()
+    verdict = guard.check(state(web(1, 2)), state(web(2)), 0)  # 50 % is not more than 50 %
+    assert verdict.state == state(web(2)) and not verdict.held and verdict.recheck_in is None
+
+
+def test_a_large_shrink_keeps_the_served_instances_until_it_lasted_hold_seconds():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    served = state(web(1, 2, 3))
+    verdict = guard.check(served, state(web(1)), now=100)
+    assert verdict.state == served and verdict.recheck_in == 15
+    assert verdict.held == ("web: 3 → 1 instances, held 15.0 s more",)
+    assert guard.check(served, state(web(1)), now=110).recheck_in == 5  # counted from the first sight
+    late = guard.check(served, state(web(1)), now=115)
+    assert late.state == state(web(1)) and late.confirmed == ("web",) and not late.held
+    assert guard.since == {}
+
+
+def test_a_service_gone_from_consul_keeps_its_backend_and_routes_while_held():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    served = state(web(1, 2, routes=(Route(host="a.local"),)))
+    assert guard.check(served, state(), now=0).state == served
+
+
+def test_instances_back_in_consul_end_the_hold_and_a_new_shrink_starts_a_new_one():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    served = state(web(1, 2))
+    guard.check(served, state(), now=0)
+    assert guard.check(served, served, now=5).state == served and guard.since == {}
+    assert guard.check(served, state(), now=14).recheck_in == 15
+
+
+def test_new_instances_are_added_at_once_while_the_old_ones_are_held():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    verdict = guard.check(state(web(1, 2, 3, 4)), state(web(5)), now=0)
+    assert verdict.state == state(web(1, 2, 3, 4, 5))
+
+
+def test_instances_replaced_one_for_one_are_no_shrink():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    assert guard.check(state(web(1, 2)), state(web(3, 4)), now=0).state == state(web(3, 4))
+
+
+def test_a_held_default_service_yields_the_default_to_the_one_consul_names_now():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    api = Service("api", (Instance("api", "api-1", "10.0.1.1", 80),), is_default=True)
+    verdict = guard.check(state(web(1, 2)), state(api), now=0)
+    assert verdict.state.default == api and verdict.state.service("web").instances == web(1, 2).instances
+
+
+@pytest.mark.parametrize("max_shrink", [1.0])
+def test_a_max_shrink_of_100_percent_turns_the_guard_off(max_shrink):
+    guard = ShrinkGuard(max_shrink=max_shrink, hold=15)
+    assert guard.check(state(web(1, 2)), state(), now=0).state == state()
+
+
+def test_a_service_that_had_no_instance_cannot_shrink():
+    guard = ShrinkGuard(max_shrink=0.0, hold=15)
+    assert guard.check(state(web()), state(), now=0).state == state()
