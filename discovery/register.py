@@ -70,12 +70,14 @@ def owned(services: dict[str, dict[str, Any]], owner: str) -> dict[str, dict[str
     }
 
 
-def sync_plan(wanted: Iterable[Registration], registered: dict[str, dict[str, Any]]) -> SyncPlan:
-    """Pure: what to (re-)register and deregister so that Consul holds exactly `wanted`."""
+def sync_plan(wanted: Iterable[Registration], registered: dict[str, dict[str, Any]],
+              everything: bool = False) -> SyncPlan:
+    """Pure: what to (re-)register and deregister so that Consul holds exactly `wanted`;
+    `everything` registers all of `wanted` again, even what the agent already lists."""
     wanted_by_id = {r.id: r for r in wanted}
     register = tuple(
         r for service_id, r in sorted(wanted_by_id.items())
-        if not _same(r, registered.get(service_id))
+        if everything or not _same(r, registered.get(service_id))
     )
     deregister = tuple(sorted(registered.keys() - wanted_by_id.keys()))
     return SyncPlan(register, deregister)
@@ -101,6 +103,9 @@ class Registrator:
         self.client = client
         self.owner = owner
         self.resync_now = asyncio.Event()
+        # Consul's catalog went back in time (a snapshot restore): our agent still lists our
+        # services and will not sync them again for a minute or more, so register them all anew.
+        self.register_all = False
         self.refused: dict[str, str] = {}  # container id -> reason, to log each refusal once
         # Containers told to stop but still running (finishing requests): a reconcile in that
         # window must not register them again.
@@ -212,7 +217,7 @@ class Registrator:
         self.refused.pop(container, None)
         return reg
 
-    async def reconcile(self, why: str) -> None:
+    async def reconcile(self, why: str, everything: bool = False) -> None:
         """Both ways: register what runs and is missing, deregister what we own and is gone."""
         # Consul first, then Docker: a container that starts in between is then running but not
         # registered (registered now), never registered but not listed (deregistered by mistake).
@@ -223,7 +228,7 @@ class Registrator:
             r for attrs in running
             if attrs.get("Id") not in self.stopping and (r := self.wanted(attrs)) is not None
         ]
-        plan = sync_plan(wanted, registered)
+        plan = sync_plan(wanted, registered, everything)
         for reg in plan.register:
             if reg.id not in self.announcing:
                 self.announce(reg)
@@ -296,6 +301,7 @@ class Registrator:
             returned = int(returned)
             if failures or returned < index:
                 log.info("Consul %s: reconciling now", "answers again" if failures else "index went backwards")
+                self.register_all |= returned < index
                 self.resync_now.set()
             failures = 0
             index = next_index(index, returned)
@@ -305,8 +311,9 @@ class Registrator:
         why = "start"
         while True:
             self.resync_now.clear()  # a request made while this reconcile runs is not lost
+            everything, self.register_all = self.register_all, False
             try:
-                await self.reconcile(why)
+                await self.reconcile(why, everything)
                 failures = 0
             except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
                 metrics.REGISTRATOR_ERRORS.labels(_side(error)).inc()

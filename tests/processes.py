@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,8 +33,9 @@ class ConsulAgent:
         return f"http://127.0.0.1:{self.port}"
 
     def register(self, service_id: str, name: str, port: int, tags: tuple[str, ...] = ("lb", "lb.default"),
-                 check_path: str | None = "/health") -> None:
-        check = consul.Check.http(f"http://127.0.0.1:{port}{check_path}", "500ms") if check_path else None
+                 check_path: str | None = "/health", timeout: str | None = None) -> None:
+        check = consul.Check.http(f"http://127.0.0.1:{port}{check_path}", "500ms", timeout=timeout) \
+            if check_path else None
         self.client.agent.service.register(name, service_id=service_id, address="127.0.0.1", port=port,
                                            tags=list(tags), check=check)
 
@@ -65,6 +67,51 @@ def consul_dev(tmp_path: Path, *extra: str) -> Iterator[ConsulAgent]:
         yield agent
     finally:
         stop_process(process)
+
+
+class ConsulServer(ConsulAgent):
+    """A `consul agent -server` with a data directory (not -dev): it can be stopped, restarted on
+    the same ports with its data kept or wiped, and restored from a snapshot."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.binary = require("consul")
+        self.data = tmp_path / "consul-data"
+        self.log = tmp_path / "consul.log"
+        port = free_port()
+        self.ports = {flag: free_port() for flag in ("-serf-lan-port", "-serf-wan-port", "-server-port")}
+        super().__init__(port, None, consul.Consul(host="127.0.0.1", port=port))  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        command = [self.binary, "agent", "-server", "-bootstrap-expect", "1", "-data-dir", str(self.data),
+                   "-bind", "127.0.0.1", "-client", "127.0.0.1", "-http-port", str(self.port), "-dns-port", "-1",
+                   "-grpc-port", "-1", "-node", f"server-{self.port}", "-hcl", "performance { raft_multiplier = 1 }",
+                   *[f"{flag}={value}" for flag, value in self.ports.items()]]
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.process.poll() is None and self.client.status.leader(),
+                   "the Consul server to elect itself leader", timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def snapshot(self, action: str, path: Path) -> None:
+        """`consul snapshot save|restore <path>` against this agent."""
+        subprocess.run([self.binary, "snapshot", action, f"-http-addr=127.0.0.1:{self.port}", str(path)],
+                       check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def consul_server(tmp_path: Path) -> Iterator[ConsulServer]:
+    server = ConsulServer(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @dataclass

@@ -36,8 +36,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until(check: Callable[[], T], what: str, timeout: float = 15.0, every: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
+def wait_until(check: Callable[[], T], what: str, timeout: float = 15.0, every: float = 0.05,
+               explain: Callable[[], str] | None = None) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` (and `explain()`) at the deadline."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
@@ -49,6 +50,8 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 15.0, every: 
             last_error = error
         time.sleep(every)
     detail = f" (last error: {last_error!r})" if last_error else ""
+    if explain is not None:
+        detail += f"; {explain()}"
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
 
 
@@ -96,6 +99,7 @@ class Load:
         self.clients = clients
         self.outcomes: Counter[str] = Counter()
         self.errors: list[str] = []
+        self.failed_at: list[float] = []  # time.monotonic() of each failure
         self.seconds = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -116,6 +120,8 @@ class Load:
             except (aiohttp.ClientError, TimeoutError) as error:
                 outcome = type(error).__name__
             self.outcomes[outcome] += 1
+            if outcome != "ok":
+                self.failed_at.append(time.monotonic())
             if outcome != "ok" and len(self.errors) < 20:
                 self.errors.append(f"{time.strftime('%H:%M:%S')} {outcome}")
 
@@ -134,6 +140,10 @@ class Load:
     @property
     def failed(self) -> int:
         return self.total - self.outcomes["ok"]
+
+    @property
+    def summary(self) -> str:
+        return f"{self.total} GETs, {self.rate:.0f}/s"
 
     @property
     def rate(self) -> float:

@@ -75,6 +75,12 @@ def test_owned_but_unwanted_registrations_are_deregistered_in_order():
     assert sync_plan([kept], registered) == SyncPlan(register=(), deregister=(gone_a.id, gone_b.id))
 
 
+def test_everything_registers_even_what_the_agent_already_lists():
+    current = {reg().id: agent_service(reg())}
+    assert sync_plan([reg()], current) == SyncPlan((), ())
+    assert sync_plan([reg()], current, everything=True) == SyncPlan((reg(),), ())
+
+
 def test_plan_registers_in_id_order_and_deregisters_at_once():
     web, api, old = reg("web"), reg("api"), reg("old")
     plan = sync_plan([web, api], {old.id: agent_service(old)})

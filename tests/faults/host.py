@@ -1,0 +1,238 @@
+"""The whole system as host processes, for the fault cases that need no compose stack: a Consul
+server (not -dev: it can be stopped, wiped and restored), the registrator on the host against the
+real Docker daemon, demo web app containers it registers, and the watcher with its HAProxy.
+
+Everything runs on free loopback ports under a tag prefix of its own, so that it never meets
+other stacks on this Docker host (the registrator registers their containers into our Consul
+too, but our watcher only routes the prefix it was given)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from discovery.register import owned
+from discovery.runtime import RuntimeAPI
+from tests.processes import ConsulServer, Watcher, consul_server, watcher_process
+from tests.support import free_port, get_json, http_get, log_text, require, stop_process, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "discovery/webapp:faults"
+SERVICE = "web"
+BACKEND = f"be_{SERVICE}"
+
+
+def webapp_image() -> str:
+    """The demo web app's image, built from this tree (the build cache makes it quick)."""
+    require("docker")
+    subprocess.run(["docker", "build", "-q", "-f", "images/Dockerfile", "--target", "webapp", "-t", IMAGE, "."],
+                   cwd=ROOT, check=True, capture_output=True, timeout=900)
+    return IMAGE
+
+
+class HostStack:
+    def __init__(self, tmp_path: Path, docker_client: docker.DockerClient) -> None:
+        self.tmp = tmp_path
+        self.docker = docker_client
+        self.run = uuid.uuid4().hex[:8]
+        self.prefix = f"ft{self.run}"
+        self.owner = f"faults-{self.run}"
+        self.consul: ConsulServer
+        self.watcher: Watcher
+        self.registrator: subprocess.Popen[bytes] | None = None
+        self.registrator_log = tmp_path / "register.log"
+        self.registrator_port = free_port()
+        self.docker_url: str | None = None
+
+    # --- containers
+
+    def start_webapp(self) -> Any:
+        return self.docker.containers.run(
+            IMAGE, detach=True, init=True,
+            labels={"discovery.service": SERVICE, "discovery.tags": f"{self.prefix},{self.prefix}.default",
+                    "discovery.check.interval": "1s", "discovery.check.timeout": "1s", "discovery-test": self.run},
+        )
+
+    def webapps(self) -> list[Any]:
+        return self.docker.containers.list(filters={"label": f"discovery-test={self.run}", "status": "running"},
+                                           ignore_removed=True)
+
+    def remove_all(self) -> None:
+        for container in self.docker.containers.list(all=True, filters={"label": f"discovery-test={self.run}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+
+    # --- the registrator
+
+    def start_registrator(self, resync: str = "30s") -> None:
+        docker_flags = ["--docker", self.docker_url] if self.docker_url else []
+        with self.registrator_log.open("ab") as sink:
+            self.registrator = subprocess.Popen(
+                [sys.executable, "-m", "discovery.register", "--consul", self.consul.address, "--id", self.owner,
+                 "--resync", resync, "--listen", f"127.0.0.1:{self.registrator_port}", *docker_flags],
+                stdout=sink, stderr=subprocess.STDOUT,
+            )
+
+    def kill_registrator(self) -> None:
+        assert self.registrator is not None
+        self.registrator.kill()
+        self.registrator.wait()
+
+    def registrator_text(self) -> str:
+        return log_text(self.registrator_log)
+
+    # --- what each side says
+
+    def ours(self) -> set[str]:
+        """Our registrator's registrations of our service (it registers other stacks' containers
+        too, which come and go on their own)."""
+        return {sid for sid, s in owned(self.consul.client.agent.services(), self.owner).items()
+                if s["Service"] == SERVICE}
+
+    def ours_running(self) -> set[str]:
+        return {f"{SERVICE}-{c.id[:12]}" for c in self.webapps()}
+
+    def passing(self) -> set[str]:
+        return {e["Service"]["ID"] for e in self.consul.client.health.service(SERVICE, passing=True)[1]}
+
+    def served(self) -> set[str]:
+        """Server names HAProxy runs in the backend, draining ones left out."""
+        return {name for _, name, _ in self.watcher.runtime_servers()} - self.draining()
+
+    def draining(self) -> set[str]:
+        lines = asyncio.run(RuntimeAPI(self.watcher.sockets / "admin.sock").server_state()).splitlines()[2:]
+        return {w[3] for w in (line.split() for line in lines) if len(w) > 6 and int(w[6]) & 0x08}
+
+    def status(self) -> dict[str, Any]:
+        return dict(get_json(self.watcher.status_port, "/status"))
+
+    def metric(self, sample: str) -> float:
+        for line in http_get(self.watcher.status_port, "/metrics")[2].decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+        return 0.0
+
+    def describe(self) -> str:
+        return (f"ours={sorted(self.ours())} running={sorted(self.ours_running())} "
+                f"passing={sorted(self.passing())} served={sorted(self.served())}")
+
+    def whole(self) -> bool:
+        """Consul holds exactly the running containers, all passing, and HAProxy serves them all."""
+        running = self.ours_running()
+        return (self.ours() == running and running <= self.passing()
+                and self.served() == running)
+
+
+@contextlib.contextmanager
+def host_stack(tmp_path: Path, docker_client: docker.DockerClient, instances: int = 3,
+               watcher_flags: tuple[str, ...] = (), docker_url: str | None = None) -> Iterator[HostStack]:
+    stack = HostStack(tmp_path, docker_client)
+    stack.docker_url = docker_url
+    try:
+        with consul_server(tmp_path) as server:
+            stack.consul = server
+            stack.start_registrator()
+            for _ in range(instances):
+                stack.start_webapp()
+            with watcher_process(tmp_path, server.address, "--tag-prefix", stack.prefix, "--wait-min", "100ms",
+                                 "--wait-max", "1s", *watcher_flags) as watcher:
+                stack.watcher = watcher
+                wait_until(lambda: len(stack.ours_running()) == instances and stack.whole(),
+                           f"{instances} web apps registered and served", timeout=60)
+                yield stack
+    finally:
+        if stack.registrator is not None:
+            stop_process(stack.registrator)
+        stack.remove_all()
+
+
+class EmptyBackendProbe:
+    """Samples the rendered file and HAProxy's runtime server list every 20 ms while a fault
+    runs: counts every sample in which the backend has no serving server."""
+
+    def __init__(self, watcher: Watcher, backend: str = BACKEND) -> None:
+        self.watcher = watcher
+        self.backend = backend
+        self.samples = 0
+        self.empty: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _file_servers(self) -> int:
+        serving, current = 0, None
+        for line in self.watcher.config.splitlines():
+            words = line.split()
+            if words[:1] == ["backend"]:
+                current = words[1]
+            elif current == self.backend and words[:1] == ["server"] and "disabled" not in words:
+                serving += 1
+        return serving
+
+    def _runtime_servers(self) -> int | None:
+        try:
+            lines = asyncio.run(RuntimeAPI(self.watcher.sockets / "admin.sock").server_state()).splitlines()[2:]
+        except Exception:  # the socket is handed over during a reload: no reading, not an empty backend
+            return None
+        rows = [w for w in (line.split() for line in lines) if len(w) > 6 and w[1] == self.backend]
+        return sum(1 for w in rows if not int(w[6]) & 0x7F)  # neither in maintenance nor draining
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            in_file, in_runtime = self._file_servers(), self._runtime_servers()
+            self.samples += 1
+            if in_file == 0 or in_runtime == 0:
+                self.empty.append(f"{time.strftime('%H:%M:%S')} file={in_file} runtime={in_runtime}")
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> EmptyBackendProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def check(self) -> None:
+        assert self.samples > 10, "the probe took too few samples"
+        assert not self.empty, f"empty backend observed while instances were alive: {self.empty[:5]}"
+
+
+FAILING_BACKEND = """
+import http.server, json, os, sys
+flag = sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        failing = os.path.exists(flag)
+        body = json.dumps({"tag": "failing" if failing else "ok"}).encode()
+        self.send_response(500 if failing else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def failing_backend(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A back end that answers 200 until its flag file exists, then 500 to everything, /health too."""
+    port, flag = free_port(), tmp_path / "fail-now"
+    process = subprocess.Popen([sys.executable, "-c", FAILING_BACKEND, str(port), str(flag)])
+    try:
+        wait_until(lambda: http_get(port, "/health")[0] == 200, "the failing back end to answer")
+        yield port, flag
+    finally:
+        stop_process(process)
