@@ -9,20 +9,28 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import require
+from tests.support import free_port, require
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class ComposeStack:
-    def __init__(self, project: str) -> None:
+    """One compose project, published on free loopback ports (other stacks on this Docker host may
+    hold 80, 1936 and 8500), with optional profiles (e.g. `cluster`)."""
+
+    def __init__(self, project: str, profiles: tuple[str, ...] = ()) -> None:
         self.project = project
+        self.profiles = profiles
+        self.http, self.stats, self.consul = free_port(), free_port(), free_port()
 
     def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "CONSUL_IMAGE": os.environ.get("CONSUL_IMAGE", "hashicorp/consul:1.8.7")}
+        env = {**os.environ, "CONSUL_IMAGE": os.environ.get("CONSUL_IMAGE", "hashicorp/consul:1.8.7"),
+               "HA_HTTP_PUBLISH": f"127.0.0.1:{self.http}", "HA_STATS_PUBLISH": f"127.0.0.1:{self.stats}",
+               "CONSUL_PUBLISH": f"127.0.0.1:{self.consul}"}
+        profiles = [word for profile in self.profiles for word in ("--profile", profile)]
         # -f explicitly: with -p alone, `down` fails once the exited one-shots were removed (compose#11686).
-        result = subprocess.run(["docker", "compose", "-f", "compose.yaml", "-p", self.project, *args], cwd=ROOT,
-                                env=env, text=True, capture_output=True, timeout=timeout)
+        result = subprocess.run(["docker", "compose", "-f", "compose.yaml", "-p", self.project, *profiles, *args],
+                                cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"docker compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
@@ -46,6 +54,14 @@ class ComposeStack:
     def rendered_servers(self) -> set[str]:
         config = self.run("exec", "-T", "ha", "cat", "/etc/haproxy/haproxy.cfg").stdout
         return set(re.findall(r"^\s*server (\S+) ", config, re.M))
+
+    def serving_servers(self) -> set[str] | None:
+        """Servers of the rendered config that take traffic (not draining); None while `ha` cannot
+        be asked (restarting)."""
+        result = self.run("exec", "-T", "ha", "cat", "/etc/haproxy/haproxy.cfg", check=False, timeout=10)
+        if result.returncode != 0:
+            return None
+        return set(re.findall(r"^\s*server (\S+) (?!.* disabled$).*$", result.stdout, re.M))
 
     def token(self, service: str) -> str:
         """The Consul ACL token the bootstrap gave `service` (registrator or ha)."""

@@ -172,3 +172,40 @@ class SlowRequest:
     def result(self, timeout: float = 30) -> int | None:
         self._thread.join(timeout)
         return self.status
+
+
+class NeverEmpty:
+    """Samples `serving()` (the servers of a backend that take traffic; None when it cannot be
+    read) in a thread while a fault runs, and records every sample that found none."""
+
+    def __init__(self, serving: Callable[[], set[str] | None], every: float = 0.1) -> None:
+        self.serving = serving
+        self.every = every
+        self.samples = 0
+        self.empty: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                found = self.serving()
+            except Exception:
+                found = None
+            if found is not None:
+                self.samples += 1
+                if not found:
+                    self.empty.append(time.strftime("%H:%M:%S"))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> NeverEmpty:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def check(self) -> None:
+        assert self.samples >= 3, f"only {self.samples} samples taken"
+        assert not self.empty, f"empty backend observed while instances were alive at {self.empty[:5]}"

@@ -26,7 +26,7 @@ STACK = ComposeStack("discovery-e2e")
 compose = STACK.run
 webapp_ids = STACK.webapp_ids
 rendered_servers = STACK.rendered_servers
-HTTP, STATS, CONSUL = 80, 1936, 8500
+HTTP, STATS, CONSUL = STACK.http, STACK.stats, STACK.consul  # free loopback ports
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,23 @@
 """Faults under steady load on the real compose stack: what clients see, how long until things
-are whole again, and what was lost. Each case adds a row to the fault matrix."""
+are whole again, and what was lost. Each case adds a row to the fault matrix, and each case with
+an instance alive checks that the rendered config never had an empty backend."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.stack import ComposeStack
-from tests.support import Load, http_get, wait_until
+from tests.support import Load, NeverEmpty, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
 
 STACK = ComposeStack("discovery-faults")
-HTTP = 80
+HTTP = STACK.http  # a free loopback port
 MASTER = "from discovery.haproxy import MasterCLI; from pathlib import Path; import asyncio; "
 PROCESSES = MASTER + "t = asyncio.run(MasterCLI(Path('/run/haproxy/master.sock')).processes()); "
 
@@ -42,9 +44,13 @@ def serving_matches() -> bool:
     return live == STACK.webapp_ids() == STACK.rendered_servers()
 
 
+def never_empty() -> NeverEmpty:
+    return NeverEmpty(STACK.serving_servers)
+
+
 def test_watcher_killed_haproxy_keeps_serving_and_no_needless_reload(stack, record):
     before = reloads()
-    with Load(HTTP) as load:
+    with Load(HTTP) as load, never_empty() as probe:
         time.sleep(0.5)
         STACK.run("exec", "-T", "ha", "supervisorctl", "signal", "KILL", "watcher")
         killed = time.monotonic()
@@ -52,6 +58,7 @@ def test_watcher_killed_haproxy_keeps_serving_and_no_needless_reload(stack, reco
         recovered = time.monotonic() - killed
         wait_until(serving_matches, "the watcher's view to match the containers")
         time.sleep(0.5)
+    probe.check()
     assert load.failed == 0, (load.outcomes, load.errors)
     assert reloads() == before, "a restarted watcher must adopt what HAProxy runs, not reload it"
     record("watcher killed (-9), restarted by supervisord", f"{load.total} GETs, {load.rate:.0f}/s",
@@ -60,7 +67,7 @@ def test_watcher_killed_haproxy_keeps_serving_and_no_needless_reload(stack, reco
 
 def test_haproxy_worker_killed_comes_back_with_the_same_servers(stack, record):
     worker = int(STACK.in_ha(PROCESSES + "print(t.workers[0][0])"))
-    with Load(HTTP) as load:
+    with Load(HTTP) as load, never_empty() as probe:
         time.sleep(0.5)
         STACK.in_ha(f"import os; os.kill({worker}, 9)")
         killed = time.monotonic()
@@ -69,21 +76,73 @@ def test_haproxy_worker_killed_comes_back_with_the_same_servers(stack, record):
         time.sleep(0.5)
     # The master exits with its worker; supervisord restarts HAProxy on the file on disk, which
     # lists exactly the live servers: a bounded blip, nothing lost.
+    probe.check()
     assert recovered < 15
     record("HAProxy worker killed (-9)", f"{load.total} GETs, {load.rate:.0f}/s",
            f"{load.failed} (blip while HAProxy restarts)", f"{recovered:.1f} s", "0")
 
 
+def test_compose_restart_ha_is_a_bounded_blip(stack, record):
+    with Load(HTTP) as load, never_empty() as probe:
+        time.sleep(0.5)
+        STACK.run("restart", "ha")  # supervisord stops the watcher, then HAProxy (soft stop)
+        restarted = time.monotonic()
+        wait_until(lambda: http_get(HTTP)[0] == 200 and serving_matches(), "HAProxy and the watcher back",
+                   timeout=30)
+        recovered = time.monotonic() - restarted
+        time.sleep(0.5)
+    probe.check()
+    # Nothing listens between HAProxy's stop and its start in the new container: requests in that
+    # window fail (connection refused or reset). It starts on the file it had, before Consul answers.
+    window = max(load.failed_at) - min(load.failed_at) if load.failed_at else 0.0
+    assert window < 10, f"failures spread over {window:.1f} s"
+    assert recovered < 15
+    record("`docker compose restart ha` (HAProxy and watcher restart)", load.summary,
+           f"{load.failed} (blip: nothing listens for {window:.1f} s)",
+           f"{recovered:.1f} s after `restart` returned", "0")
+
+
+def test_socket_proxy_stopped_breaks_the_event_stream_and_nothing_is_missed(stack, record):
+    old = STACK.run("ps", "-q", "webapp").stdout.split()
+    with Load(HTTP) as load, never_empty() as probe:
+        time.sleep(0.5)
+        STACK.run("stop", "-t", "1", "socket-proxy")  # the registrator's event stream breaks; dockerd untouched
+        STACK.run("up", "-d", "--no-recreate", "--no-deps", "--scale", "webapp=3", "webapp")
+        subprocess.run(["docker", "stop", "-t", "5", old[0]], check=True, capture_output=True)
+        time.sleep(1)
+        STACK.run("start", "socket-proxy")
+        back = time.monotonic()
+        wait_until(lambda: len(STACK.webapp_ids()) == 2 and serving_matches(), "Consul and HAProxy to match the "
+                   "running containers", timeout=60)
+        recovered = time.monotonic() - back
+        time.sleep(0.5)
+    probe.check()
+    assert load.failed == 0, (load.outcomes, load.errors)
+    logs = STACK.run("logs", "--no-color", "registrator").stdout
+    assert "Docker event stream broken" in logs
+    STACK.run("rm", "-f", check=False)
+    record("socket-proxy stopped (registrator's Docker event stream broken) while 1 container starts and 1 stops, "
+           "then started", load.summary, str(load.failed), f"{recovered:.1f} s after the proxy is back", "0")
+
+
 def test_all_instances_gone_answers_503_cleanly(stack, record):
     STACK.run("up", "-d", "--no-recreate", "--scale", "webapp=0", "webapp")
-    # The registrator deregistered every instance: Consul lists no webapp at all, so the backend
-    # goes with it and requests get the clean "no service" 503 — Consul really says none.
-    wait_until(lambda: not status()["services"].get("webapp", {}).get("instances"), "Consul to say: none")
+    gone = time.monotonic()
+    # The registrator deregistered every instance: Consul lists no webapp at all. The shrink guard
+    # (ADR 0007) holds that for --shrink-hold (15 s): HAProxy keeps the servers and, finding them
+    # down, answers 503 itself. Then the backend goes and requests get the clean "no service" 503:
+    # Consul really says none, which is not "Consul cannot be asked".
+    wait_until(lambda: status()["held_shrinks"] == ["webapp"], "the shrink to be held")
+    wait_until(lambda: not status()["services"].get("webapp", {}).get("instances"), "Consul to say: none",
+               timeout=30)
+    held = time.monotonic() - gone
+    assert held >= 14
     wait_until(lambda: http_get(HTTP)[0] == 503, "HAProxy to answer 503")
     assert http_get(HTTP)[2].strip() == b"no service for this request"
     assert STACK.rendered_servers() == set()
     STACK.run("up", "-d", "--no-recreate", "--scale", "webapp=2", "webapp")
     started = time.monotonic()
     wait_until(lambda: len(STACK.webapp_ids()) == 2 and serving_matches(), "two web apps back", timeout=30)
-    record("all instances gone (Consul says none), then back", "single GETs", "503 while none (by design)",
+    record("all instances gone (Consul says none), then back", "single GETs",
+           f"503 while none (by design); backend removed after {held:.1f} s (shrink guard)",
            f"{time.monotonic() - started:.1f} s to serve again", "0")
