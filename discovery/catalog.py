@@ -102,13 +102,15 @@ async def follow_index(
         metrics.CONSUL_LAST_ANSWER.labels(what).set(time.time())
         if answered is not None:
             answered(what, returned)
-        woke_without_change = returned == index
+        # No progress: a wake-up without a new index, or an index that went back or to 0 (Consul
+        # bugs have returned 0 for ever: every query then returns at once).
+        no_progress = returned <= index or returned < 1
         index = next_index(index, returned)
         if data != last:
             last = data
             yield data
-        elif woke_without_change:
-            await asyncio.sleep(rules.min_interval)  # no tight loop on spurious wake-ups
+        elif no_progress:
+            await asyncio.sleep(rules.min_interval)  # no tight loop
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import docker
+from aiohttp import web
 
 from discovery.register import owned
 from discovery.runtime import RuntimeAPI
@@ -40,6 +42,55 @@ def webapp_image() -> str:
     return IMAGE
 
 
+class IndexProxy:
+    """An HTTP proxy in front of Consul that, while `zero` is set, answers every read with
+    `X-Consul-Index: 0` (a Consul bug that has happened: blocking queries then return at once)."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.zero = False
+        self.zeroed = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("x-consul-token", "content-type")}
+        async with self._session.request(request.method, f"http://127.0.0.1:{self.upstream}{request.path_qs}",
+                                         headers=headers, data=await request.read()) as answer:
+            body = await answer.read()
+            kept = {k: v for k, v in answer.headers.items() if k.lower().startswith("x-consul-")}
+            kept["Content-Type"] = answer.headers.get("Content-Type", "application/json")
+        if self.zero and "X-Consul-Index" in kept:
+            kept["X-Consul-Index"] = "0"
+            self.zeroed += 1
+        return web.Response(status=answer.status, body=body, headers=kept)
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # blocking queries in flight
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        await self._session.close()
+        await self._runner.cleanup()
+
+    def __enter__(self) -> IndexProxy:
+        self._session: aiohttp.ClientSession | None = None
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
 class HostStack:
     def __init__(self, tmp_path: Path, docker_client: docker.DockerClient) -> None:
         self.tmp = tmp_path
@@ -53,6 +104,7 @@ class HostStack:
         self.registrator_log = tmp_path / "register.log"
         self.registrator_port = free_port()
         self.docker_url: str | None = None
+        self.proxy: IndexProxy | None = None
 
     # --- containers
 
@@ -136,16 +188,22 @@ class HostStack:
 
 @contextlib.contextmanager
 def host_stack(tmp_path: Path, docker_client: docker.DockerClient, instances: int = 3,
-               watcher_flags: tuple[str, ...] = (), docker_url: str | None = None) -> Iterator[HostStack]:
+               watcher_flags: tuple[str, ...] = (), docker_url: str | None = None,
+               index_proxy: bool = False) -> Iterator[HostStack]:
+    """The stack; with `index_proxy`, the watcher reaches Consul through an IndexProxy."""
     stack = HostStack(tmp_path, docker_client)
     stack.docker_url = docker_url
     try:
-        with consul_server(tmp_path) as server:
+        with consul_server(tmp_path) as server, contextlib.ExitStack() as proxies:
             stack.consul = server
+            address = server.address
+            if index_proxy:
+                stack.proxy = proxies.enter_context(IndexProxy(server.port))
+                address = f"http://127.0.0.1:{stack.proxy.port}"
             stack.start_registrator()
             for _ in range(instances):
                 stack.start_webapp()
-            with watcher_process(tmp_path, server.address, "--tag-prefix", stack.prefix, "--wait-min", "100ms",
+            with watcher_process(tmp_path, address, "--tag-prefix", stack.prefix, "--wait-min", "100ms",
                                  "--wait-max", "1s", *watcher_flags) as watcher:
                 stack.watcher = watcher
                 wait_until(lambda: len(stack.ours_running()) == instances and stack.whole(),

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 OUTAGE = 30.0  # seconds Consul stays down (the figure)
 FLAP_FOR, FLAP_EVERY = 30.0, 0.1
+ZERO_FOR = 8.0  # seconds Consul's index reads 0
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,31 @@ def test_consul_index_goes_backwards_on_snapshot_restore(short_waits, record, tm
     assert "index went backwards" in stack.registrator_text()
     record("Consul index goes backwards (snapshot restore; 1 instance newer than the snapshot)", load.summary,
            str(load.failed), f"{recovered:.1f} s", "0 of 4")
+
+
+def test_consul_index_stuck_at_zero_is_rate_limited_and_changes_get_through(tmp_path, docker_client, record):
+    with host_stack(tmp_path, docker_client, index_proxy=True) as stack:
+        assert stack.proxy is not None
+        with Load(stack.watcher.http_port) as load, EmptyBackendProbe(stack.watcher) as probe:
+            time.sleep(0.5)
+            stack.proxy.zero = True
+            started = time.monotonic()
+            new = stack.start_webapp()  # a change while every answer says index 0
+            wait_until(lambda: f"{SERVICE}-{new.id[:12]}" in stack.served(), "the new instance served", timeout=30)
+            seen = time.monotonic() - started
+            time.sleep(ZERO_FOR - seen)
+            stack.proxy.zero = False
+            per_second = stack.proxy.zeroed / (time.monotonic() - started)
+            wait_until(stack.whole, "things whole again", timeout=30)
+            time.sleep(0.5)
+        probe.check()
+    assert load.failed == 0, (load.outcomes, load.errors)
+    # Two queries (the catalog and the service), each pausing QueryRules.min_interval (50 ms) after an
+    # answer that made no progress: at most 2 x 20 answers a second, not a busy loop.
+    assert per_second <= 45, f"{per_second:.0f} answers/s"
+    record(f"Consul answers X-Consul-Index: 0 for {ZERO_FOR:.0f} s (proxy), a web app added meanwhile",
+           load.summary, str(load.failed),
+           f"new instance served in {seen:.1f} s; {per_second:.0f} queries/s while stuck (bound 40)", "0")
 
 
 def test_registrator_killed_while_containers_start_and_stop(stack, record):

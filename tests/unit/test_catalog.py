@@ -133,6 +133,19 @@ async def test_transient_error_is_retried_and_the_data_kept(error):
     assert fetch.indexes == [0, 3, 3, 3, 3]
 
 
+async def test_an_index_stuck_at_zero_is_rate_limited_and_changes_still_get_through(monkeypatch):
+    pauses = []
+
+    async def sleep(seconds):
+        pauses.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    fetch = ScriptedFetch((7, "a"), (0, "a"), (0, "a"), (0, "a"), (0, "b"))
+    assert await take(fetch, 2) == ["a", "b"]
+    assert fetch.indexes == [0, 7, 0, 1, 0]
+    assert pauses == [FAST.min_interval] * 3  # each answer that made no progress waits
+
+
 async def test_unexpected_error_is_not_swallowed():
     fetch = ScriptedFetch((3, "a"), KeyError("bug"))
     stream = follow_index(fetch, "test", FAST)
