@@ -16,9 +16,22 @@ from discovery.model import DesiredState, Service
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """A service whose shrink waits."""
+
+    service: str
+    before: int
+    after: int
+    remaining: float  # seconds
+
+    def __str__(self) -> str:
+        return f"{self.service}: {self.before} → {self.after} instances, held {self.remaining:.1f} s more"
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     state: DesiredState  # what to apply now
-    held: tuple[str, ...] = ()  # one line per service whose shrink waits, with its numbers
+    held: tuple[Hold, ...] = ()
     recheck_in: float | None = None  # seconds until the first held shrink is due
     confirmed: tuple[str, ...] = ()  # services whose held shrink lasted `hold`: applied now
 
@@ -36,8 +49,7 @@ class ShrinkGuard:
             self.since.clear()
             return Verdict(wanted)
         services = {s.name: s for s in wanted.services}
-        held: list[str] = []
-        due: list[float] = []
+        held: list[Hold] = []
         confirmed: list[str] = []
         shrinking: set[str] = set()
         for old in served.services:
@@ -52,16 +64,15 @@ class ShrinkGuard:
                 continue
             shrinking.add(old.name)
             self.since[old.name] = first
-            held.append(f"{old.name}: {before} → {after} instances, held "
-                        f"{first + self.hold - now:.1f} s more")
-            due.append(first + self.hold - now)
+            held.append(Hold(old.name, before, after, first + self.hold - now))
             services[old.name] = _keep(old, new)
         self.since = {name: t for name, t in self.since.items() if name in shrinking}
         if not held:
             return Verdict(wanted, confirmed=tuple(confirmed))
         if sum(s.is_default for s in services.values()) > 1:  # a held default that another replaced
             services = {n: s if s.name not in shrinking else replace(s, is_default=False) for n, s in services.items()}
-        return Verdict(DesiredState(tuple(services.values())), tuple(held), min(due), tuple(confirmed))
+        return Verdict(DesiredState(tuple(services.values())), tuple(held), min(h.remaining for h in held),
+                       tuple(confirmed))
 
 
 def _keep(old: Service, new: Service | None) -> Service:

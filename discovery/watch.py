@@ -194,12 +194,12 @@ async def _apply_loop(
 
 def _log_shrinks(verdict: Verdict, held: set[str]) -> None:
     """One line when a shrink starts being held, and one when it ends, either way."""
-    for line in verdict.held:
-        if line.partition(":")[0] not in held:
-            log.warning("large shrink held until Consul has said it for --shrink-hold: %s", line)
+    for hold in verdict.held:
+        if hold.service not in held:
+            log.warning("large shrink held until Consul has said it for --shrink-hold: %s", hold)
     for name in verdict.confirmed:
         log.warning("service %s: held shrink applied, Consul kept saying it", name)
-    for name in held - {line.partition(":")[0] for line in verdict.held} - set(verdict.confirmed):
+    for name in held - {hold.service for hold in verdict.held} - set(verdict.confirmed):
         log.info("service %s: held shrink over, Consul lists its instances again", name)
 
 

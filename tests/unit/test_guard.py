@@ -24,7 +24,7 @@ def test_a_large_shrink_keeps_the_served_instances_until_it_lasted_hold_seconds(
     served = state(web(1, 2, 3))
     verdict = guard.check(served, state(web(1)), now=100)
     assert verdict.state == served and verdict.recheck_in == 15
-    assert verdict.held == ("web: 3 → 1 instances, held 15.0 s more",)
+    assert [str(hold) for hold in verdict.held] == ["web: 3 → 1 instances, held 15.0 s more"]
     assert guard.check(served, state(web(1)), now=110).recheck_in == 5  # counted from the first sight
     late = guard.check(served, state(web(1)), now=115)
     assert late.state == state(web(1)) and late.confirmed == ("web",) and not late.held
