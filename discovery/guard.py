@@ -40,33 +40,49 @@ class Verdict:
 class ShrinkGuard:
     max_shrink: float = 0.5  # share of a service's instances that may go at once; 1.0 turns it off
     hold: float = 15.0  # seconds a larger shrink must persist before it is applied
+    # "At once": a loss is measured from the most instances served in the last `window` seconds.
+    # Consul reports a restarted agent's checks going critical one write at a time, and the first
+    # of them is applied at once, so a large loss often arrives in small steps milliseconds
+    # apart; an operator scaling down step by step waits seconds between steps.
+    window: float = 5.0
     since: dict[str, float] = field(default_factory=dict)  # service -> when its large shrink was first seen
+    seen: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # (when, instances served)
+    peak: dict[str, int] = field(default_factory=dict)  # service -> what a held shrink is measured from
 
     def check(self, served: DesiredState | None, wanted: DesiredState, now: float) -> Verdict:
-        """`wanted`, except that a service losing more than `max_shrink` of the instances it
-        serves keeps them (and its backend) until the loss has lasted `hold` seconds."""
+        """`wanted`, except that a service losing more than `max_shrink` of the most instances it
+        served in the last `window` seconds keeps them (and its backend) until the loss has
+        lasted `hold` seconds."""
         if served is None or self.max_shrink >= 1.0:
             self.since.clear()
+            self.seen.clear()
+            self.peak.clear()
             return Verdict(wanted)
+        self.seen = {
+            s.name: [(t, n) for t, n in self.seen.get(s.name, []) if now - t < self.window] + [(now, len(s.instances))]
+            for s in served.services
+        }
         services = {s.name: s for s in wanted.services}
         held: list[Hold] = []
         confirmed: list[str] = []
         shrinking: set[str] = set()
         for old in served.services:
             new = services.get(old.name)
-            before = len(old.instances)
+            before = max(self.peak.get(old.name, 0), *(n for _, n in self.seen[old.name]))
             after = len(new.instances) if new else 0  # a count: instances replaced one for one are no loss
             if before == 0 or (before - after) / before <= self.max_shrink:
                 continue
             first = self.since.get(old.name, now)
             if now - first >= self.hold:
                 confirmed.append(old.name)  # Consul has said it long enough: apply
+                self.seen[old.name] = [(now, after)]
                 continue
             shrinking.add(old.name)
-            self.since[old.name] = first
+            self.since[old.name], self.peak[old.name] = first, before
             held.append(Hold(old.name, before, after, first + self.hold - now))
             services[old.name] = _keep(old, new)
         self.since = {name: t for name, t in self.since.items() if name in shrinking}
+        self.peak = {name: n for name, n in self.peak.items() if name in shrinking}
         if not held:
             return Verdict(wanted, confirmed=tuple(confirmed))
         if sum(s.is_default for s in services.values()) > 1:  # a held default that another replaced

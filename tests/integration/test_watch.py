@@ -227,3 +227,31 @@ def test_a_busy_metrics_address_is_a_clear_fatal_error(consul_agent, tmp_path):
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_large_shrink_is_held_and_forgotten_when_consul_lists_the_instances_again(consul_agent, webapps,
+                                                                                    start_watcher):
+    ports = {tag: webapps.start(tag) for tag in ("one", "two", "three")}
+    for tag, port in ports.items():
+        consul_agent.register(f"web-{tag}", "web", port)
+    watcher = start_watcher("--shrink-hold", "3s")
+    wait_until(lambda: len(watcher.runtime_servers()) == 3, "three servers")
+    servers = watcher.runtime_servers()
+    with Load(watcher.http_port) as load:
+        for tag in ("one", "two"):  # 3 → 1: what a wiped Consul looks like for a moment
+            consul_agent.deregister(f"web-{tag}")
+        wait_until(lambda: "large shrink held" in watcher.log_text(), "the shrink to be held")
+        assert watcher.runtime_servers() == servers
+        assert get_json(watcher.status_port, "/status")["held_shrinks"] == ["web"]
+        for tag in ("one", "two"):
+            consul_agent.register(f"web-{tag}", "web", ports[tag])
+        wait_until(lambda: "held shrink over, Consul lists its instances again" in watcher.log_text(),
+                   "the hold to end")
+        assert watcher.runtime_servers() == servers  # nothing was removed
+        consul_agent.deregister("web-one")  # one at a time: a large shrink cannot pass in small steps
+        time.sleep(0.5)
+        consul_agent.deregister("web-two")
+        wait_until(lambda: "held shrink applied, Consul kept saying it" in watcher.log_text(), "the hold to expire",
+                   timeout=10)
+        wait_until(lambda: {name for _, name, _ in watcher.runtime_servers()} == {"web-three"}, "the shrink applied")
+    assert load.failed == 0, (load.outcomes, load.errors)

@@ -72,3 +72,36 @@ def test_a_max_shrink_of_100_percent_turns_the_guard_off(max_shrink):
 def test_a_service_that_had_no_instance_cannot_shrink():
     guard = ShrinkGuard(max_shrink=0.0, hold=15)
     assert guard.check(state(web()), state(), now=0).state == state()
+
+
+def test_a_large_shrink_in_small_steps_is_held_too():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    first = guard.check(state(web(1, 2, 3, 4)), state(web(1, 2, 3)), now=0)  # 25 %: applied
+    assert first.state == state(web(1, 2, 3))
+    second = guard.check(first.state, state(web(1)), now=1)  # 4 → 1 within 15 s: held
+    assert second.state == state(web(1, 2, 3)) and str(second.held[0]).startswith("web: 4 → 1")
+    assert guard.check(state(web(1)), state(web(1)), now=17).state == state(web(1))  # out of the window
+
+
+def test_a_scale_down_in_steps_seconds_apart_is_not_held():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15, window=5)
+    assert guard.check(state(web(1, 2, 3, 4)), state(web(1, 2, 3)), now=0).state == state(web(1, 2, 3))
+    assert guard.check(state(web(1, 2, 3)), state(web(1, 2)), now=6).state == state(web(1, 2))
+    assert guard.check(state(web(1, 2)), state(web(1)), now=12).state == state(web(1))  # 3 has left the window
+
+
+def test_a_confirmed_shrink_starts_a_new_window():
+    guard = ShrinkGuard(max_shrink=0.5, hold=15)
+    guard.check(state(web(1, 2, 3)), state(web(1)), now=0)
+    assert guard.check(state(web(1, 2, 3)), state(web(1)), now=15).confirmed == ("web",)
+    after = guard.check(state(web(1)), state(web(1)), now=16)
+    assert not after.held and guard.since == {}
+
+
+def test_a_held_shrink_is_measured_from_where_it_started_until_it_is_due():
+    guard = ShrinkGuard(max_shrink=0.5, hold=3, window=3)
+    first = guard.check(state(web(1, 2, 3)), state(web(1, 2)), now=0)  # 33 %: applied
+    held = guard.check(first.state, state(web(1)), now=0.5)  # 3 → 1 within the window: held
+    assert held.held and held.state == state(web(1, 2))
+    due = guard.check(held.state, state(web(1)), now=3.5)  # the 3 has left the window by now
+    assert due.confirmed == ("web",) and due.state == state(web(1))
