@@ -228,6 +228,7 @@ def _registrator_events(stack: HostStack) -> dict[str, float]:
 
 def test_bad_template_invalid_config_and_unwritable_output_keep_the_last_good_config(tmp_path, docker_client,
                                                                                       record):
+    chattr = require("chattr")  # as root, only the immutable flag makes a directory unwritable
     template = tmp_path / "template" / "mine.cfg.j2"
     template.parent.mkdir()
     shutil.copy(DEFAULT_TEMPLATE, template)
@@ -237,7 +238,7 @@ def test_bad_template_invalid_config_and_unwritable_output_keep_the_last_good_co
         "ConfigInvalid": ("a template rendering an invalid config",
                           lambda: template.write_text(template.read_text() + "\nbackend x\n    no-such-directive\n")),
         "PermissionError": ("the output directory unwritable (chattr +i)",
-                            lambda: subprocess.run(["chattr", "+i", str(tmp_path)], check=True)),
+                            lambda: subprocess.run([chattr, "+i", str(tmp_path)], check=True)),
     }
     with host_stack(tmp_path, docker_client, watcher_flags=("--template", str(template))) as stack:
         for cause, (what, fault) in faults.items():
@@ -252,7 +253,7 @@ def test_bad_template_invalid_config_and_unwritable_output_keep_the_last_good_co
                     assert f"not applied, keeping the last good config ({cause})" in stack.watcher.log_text()
                     assert stack.watcher.config == good and stack.served() == served
                 finally:
-                    subprocess.run(["chattr", "-i", str(tmp_path)], check=False)
+                    subprocess.run([chattr, "-i", str(tmp_path)], check=False)
                     shutil.copy(DEFAULT_TEMPLATE, template)
                 fixed = time.monotonic()
                 wait_until(lambda: len(stack.ours_running()) == 3 and stack.whole(), "the fix applied", timeout=30)
