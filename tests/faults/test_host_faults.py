@@ -129,11 +129,12 @@ def test_consul_index_stuck_at_zero_is_rate_limited_and_changes_get_through(tmp_
         probe.check()
     assert load.failed == 0, (load.outcomes, load.errors)
     # Two queries (the catalog and the service), each pausing QueryRules.min_interval (50 ms) after an
-    # answer that made no progress: at most 2 x 20 answers a second, not a busy loop.
+    # answer that made no progress: 2 x 20 answers a second, a few more for the answers bringing
+    # a change (not paused): not a busy loop.
     assert per_second <= 45, f"{per_second:.0f} answers/s"
     record(f"Consul answers X-Consul-Index: 0 for {ZERO_FOR:.0f} s (proxy), a web app added meanwhile",
            load.summary, str(load.failed),
-           f"new instance served in {seen:.1f} s; {per_second:.0f} queries/s while stuck (bound 40)", "0")
+           f"new instance served in {seen:.1f} s; {per_second:.0f} queries/s while stuck (bound 45)", "0")
 
 
 def test_registrator_killed_while_containers_start_and_stop(stack, record):
