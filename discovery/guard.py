@@ -41,10 +41,11 @@ class ShrinkGuard:
     max_shrink: float = 0.5  # share of a service's instances that may go at once; 1.0 turns it off
     hold: float = 15.0  # seconds a larger shrink must persist before it is applied
     # "At once": a loss is measured from the most instances served in the last `window` seconds.
-    # Consul reports a restarted agent's checks going critical one write at a time, and the first
-    # of them is applied at once, so a large loss often arrives in small steps milliseconds
-    # apart; an operator scaling down step by step waits seconds between steps.
-    window: float = 5.0
+    # A restarted agent's checks reach the catalog as critical one write at a time, and the
+    # watcher applies the first change of a burst at once and batches the rest within --wait-max
+    # (2 s): a large loss often arrives as two steps. Scaling down step by step, each step
+    # waiting for the last (the e2e scenario), is not held.
+    window: float = 2.0
     since: dict[str, float] = field(default_factory=dict)  # service -> when its large shrink was first seen
     seen: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # (when, instances served)
     peak: dict[str, int] = field(default_factory=dict)  # service -> what a held shrink is measured from

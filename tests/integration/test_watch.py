@@ -241,13 +241,14 @@ def test_a_large_shrink_is_held_and_forgotten_when_consul_lists_the_instances_ag
         for tag in ("one", "two"):  # 3 → 1: what a wiped Consul looks like for a moment
             consul_agent.deregister(f"web-{tag}")
         wait_until(lambda: "large shrink held" in watcher.log_text(), "the shrink to be held")
-        assert watcher.runtime_servers() == servers
+        # Up to half may go at once (the first deregistration may have been applied alone).
+        assert len(watcher.runtime_servers()) >= 2
         assert get_json(watcher.status_port, "/status")["held_shrinks"] == ["web"]
         for tag in ("one", "two"):
             consul_agent.register(f"web-{tag}", "web", ports[tag])
         wait_until(lambda: "held shrink over, Consul lists its instances again" in watcher.log_text(),
                    "the hold to end")
-        assert watcher.runtime_servers() == servers  # nothing was removed
+        wait_until(lambda: watcher.runtime_servers() == servers, "all three served again")
         consul_agent.deregister("web-one")  # one at a time: a large shrink cannot pass in small steps
         time.sleep(0.5)
         consul_agent.deregister("web-two")

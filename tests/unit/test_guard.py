@@ -84,7 +84,7 @@ def test_a_large_shrink_in_small_steps_is_held_too():
 
 
 def test_a_scale_down_in_steps_seconds_apart_is_not_held():
-    guard = ShrinkGuard(max_shrink=0.5, hold=15, window=5)
+    guard = ShrinkGuard(max_shrink=0.5, hold=15, window=2)
     assert guard.check(state(web(1, 2, 3, 4)), state(web(1, 2, 3)), now=0).state == state(web(1, 2, 3))
     assert guard.check(state(web(1, 2, 3)), state(web(1, 2)), now=6).state == state(web(1, 2))
     assert guard.check(state(web(1, 2)), state(web(1)), now=12).state == state(web(1))  # 3 has left the window
