@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 from collections.abc import Callable
+
+from tests.support import Background
 
 
 def tag_of(port: int, host_header: str | None = None, timeout: float = 1.0) -> str | None:
@@ -36,14 +37,13 @@ def first_time(condition: Callable[[], bool], timeout: float, every: float = 0.0
     return None
 
 
-class LastSeen:
+class LastSeen(Background):
     """Polls the proxy in a thread and remembers when each tag last answered."""
 
     def __init__(self, port: int, host_header: str | None = None) -> None:
         self.port, self.host_header = port, host_header
         self.last: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -51,10 +51,3 @@ class LastSeen:
             if tag is not None:
                 self.last[tag] = time.perf_counter()
 
-    def __enter__(self) -> LastSeen:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import pytest
@@ -86,7 +86,26 @@ def log_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-class Load:
+class Background:
+    """A daemon thread running `_run` for as long as the `with` block lasts."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+class Load(Background):
     """Steady GET traffic from `clients` concurrent loops in their own thread and event loop, each
     request on a new connection (the hardest case for a reload: every request needs the listening
     socket); any error or non-200 counts as failed.
@@ -101,10 +120,12 @@ class Load:
         self.errors: list[str] = []
         self.failed_at: list[float] = []  # time.monotonic() of each failure
         self.seconds = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        super().__init__()
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
             started = time.perf_counter()
@@ -124,14 +145,6 @@ class Load:
                 self.failed_at.append(time.monotonic())
             if outcome != "ok" and len(self.errors) < 20:
                 self.errors.append(f"{time.strftime('%H:%M:%S')} {outcome}")
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
     @property
     def total(self) -> int:
@@ -174,7 +187,7 @@ class SlowRequest:
         return self.status
 
 
-class NeverEmpty:
+class NeverEmpty(Background):
     """Samples `serving()` (the servers of a backend that take traffic; None when it cannot be
     read) in a thread while a fault runs, and records every sample that found none."""
 
@@ -183,8 +196,7 @@ class NeverEmpty:
         self.every = every
         self.samples = 0
         self.empty: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -197,14 +209,6 @@ class NeverEmpty:
                 if not found:
                     self.empty.append(time.strftime("%H:%M:%S"))
             self._stop.wait(self.every)
-
-    def __enter__(self) -> NeverEmpty:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
     def check(self) -> None:
         assert self.samples >= 3, f"only {self.samples} samples taken"

@@ -13,7 +13,6 @@ import contextlib
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from aiohttp import web
 from discovery.register import owned
 from discovery.runtime import RuntimeAPI
 from tests.processes import ConsulServer, Watcher, consul_server, watcher_process
-from tests.support import free_port, get_json, http_get, log_text, require, stop_process, wait_until
+from tests.support import NeverEmpty, free_port, get_json, http_get, log_text, require, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "discovery/webapp:faults"
@@ -215,55 +214,36 @@ def host_stack(tmp_path: Path, docker_client: docker.DockerClient, instances: in
         stack.remove_all()
 
 
-class EmptyBackendProbe:
+class EmptyBackendProbe(NeverEmpty):
     """Samples the rendered file and HAProxy's runtime server list every 20 ms while a fault
-    runs: counts every sample in which the backend has no serving server."""
+    runs: a sample in which either has no serving server in the backend counts as empty."""
 
     def __init__(self, watcher: Watcher, backend: str = BACKEND) -> None:
         self.watcher = watcher
         self.backend = backend
-        self.samples = 0
-        self.empty: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(self._serving, every=0.02)
 
-    def _file_servers(self) -> int:
-        serving, current = 0, None
+    def _file_servers(self) -> set[str]:
+        serving, current = set(), None
         for line in self.watcher.config.splitlines():
             words = line.split()
             if words[:1] == ["backend"]:
                 current = words[1]
             elif current == self.backend and words[:1] == ["server"] and "disabled" not in words:
-                serving += 1
+                serving.add(words[1])
         return serving
 
-    def _runtime_servers(self) -> int | None:
+    def _runtime_servers(self) -> set[str] | None:
         try:
             lines = asyncio.run(RuntimeAPI(self.watcher.sockets / "admin.sock").server_state()).splitlines()[2:]
         except Exception:  # the socket is handed over during a reload: no reading, not an empty backend
             return None
         rows = [w for w in (line.split() for line in lines) if len(w) > 6 and w[1] == self.backend]
-        return sum(1 for w in rows if not int(w[6]) & 0x7F)  # neither in maintenance nor draining
+        return {w[3] for w in rows if not int(w[6]) & 0x7F}  # neither in maintenance nor draining
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            in_file, in_runtime = self._file_servers(), self._runtime_servers()
-            self.samples += 1
-            if in_file == 0 or in_runtime == 0:
-                self.empty.append(f"{time.strftime('%H:%M:%S')} file={in_file} runtime={in_runtime}")
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> EmptyBackendProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def check(self) -> None:
-        assert self.samples > 10, "the probe took too few samples"
-        assert not self.empty, f"empty backend observed while instances were alive: {self.empty[:5]}"
+    def _serving(self) -> set[str]:
+        in_file, in_runtime = self._file_servers(), self._runtime_servers()
+        return set() if not in_file or in_runtime == set() else in_file
 
 
 FAILING_BACKEND = """
