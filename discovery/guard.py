@@ -42,9 +42,10 @@ class ShrinkGuard:
     hold: float = 15.0  # seconds a larger shrink must persist before it is applied
     # "At once": a loss is measured from the most instances served in the last `window` seconds.
     # A restarted agent's checks reach the catalog as critical one write at a time, and the
-    # watcher applies the first change of a burst at once and batches the rest within --wait-max
-    # (2 s): a large loss often arrives as two steps. Scaling down step by step, each step
-    # waiting for the last (the e2e scenario), is not held.
+    # watcher applies the first change of a burst at once and batches the rest within --wait-max:
+    # a large loss often arrives as two steps. The watcher sets the window from its --wait-max
+    # and --wait-min. Scaling down step by step, each step waiting for the last (the e2e
+    # scenario), is not held.
     window: float = 2.0
     since: dict[str, float] = field(default_factory=dict)  # service -> when its large shrink was first seen
     seen: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # (when, instances served)

@@ -299,10 +299,13 @@ class Registrator:
                 await asyncio.sleep(backoff(failures, 0.25, self.config.backoff_max))
                 continue
             returned = int(returned)
-            if failures or returned < index:
+            backwards = 1 <= returned < index  # an index of 0 is Consul's bug, not a restore
+            if failures or backwards:
                 log.info("Consul %s: reconciling now", "answers again" if failures else "index went backwards")
-                self.register_all |= returned < index
+                self.register_all |= backwards
                 self.resync_now.set()
+            if returned <= index or returned < 1:
+                await asyncio.sleep(0.05)  # no progress: never a busy loop, whatever Consul answers
             failures = 0
             index = next_index(index, returned)
 
@@ -316,6 +319,7 @@ class Registrator:
                 await self.reconcile(why, everything)
                 failures = 0
             except (*CONSUL_TRANSIENT, *DOCKER_TRANSIENT) as error:
+                self.register_all |= everything  # still owed to a restored Consul
                 metrics.REGISTRATOR_ERRORS.labels(_side(error)).inc()
                 failures += 1
                 delay = backoff(failures, 0.25, self.config.backoff_max)

@@ -72,6 +72,13 @@ def apply_at(first: float, last: float, applied: float | None, wait_min: float, 
     return min(last + wait_min, first + wait_max)
 
 
+def burst_span(wait_min: float, wait_max: float) -> float:
+    """How far apart two applies of one burst can be (`apply_at`: the leading edge at once, the
+    rest up to `wait_max` after a change that came up to `wait_min` later), with a margin: the
+    shrink guard's window, so that a loss split across them counts as one."""
+    return wait_max + wait_min + 0.5
+
+
 class Mailbox:
     """The newest catalog snapshot and why it changed; a burst of puts is read as one."""
 
@@ -111,7 +118,7 @@ async def watch(config: WatcherConfig) -> int:
     applier = Applier(settings)
     mailbox = Mailbox()
     catalog = Catalog(client, config.policy.opted_in, mailbox.put, config.rules)
-    guard = ShrinkGuard(config.max_shrink, config.shrink_hold)
+    guard = ShrinkGuard(config.max_shrink, config.shrink_hold, window=burst_span(config.wait_min, config.wait_max))
     log.info("watching %s for services tagged %r; writing %s", config.consul, config.policy.tag_prefix,
              settings.output)
     fatal: HAProxyError | None = None

@@ -105,3 +105,18 @@ def test_a_held_shrink_is_measured_from_where_it_started_until_it_is_due():
     assert held.held and held.state == state(web(1, 2))
     due = guard.check(held.state, state(web(1)), now=3.5)  # the 3 has left the window by now
     assert due.confirmed == ("web",) and due.state == state(web(1))
+
+
+def test_a_large_loss_split_across_the_two_applies_of_a_burst_is_held():
+    from discovery.watch import apply_at, burst_span
+
+    wait_min, wait_max = 0.2, 2.0  # the CLI defaults
+    first_apply = apply_at(first=0.0, last=0.0, applied=None, wait_min=wait_min, wait_max=wait_max)
+    # The rest of the burst: a change 0.1 s after the first apply, then more until the cap.
+    second_apply = apply_at(first=0.1, last=5.0, applied=first_apply, wait_min=wait_min, wait_max=wait_max)
+    assert second_apply - first_apply <= burst_span(wait_min, wait_max)
+    guard = ShrinkGuard(max_shrink=0.5, hold=15, window=burst_span(wait_min, wait_max))
+    ten, five = web(*range(1, 11)), web(*range(1, 6))
+    assert guard.check(state(ten), state(five), now=first_apply).state == state(five)  # 50 %: applied
+    held = guard.check(state(five), state(web(1, 2, 3)), now=second_apply)  # 10 → 3 in one burst
+    assert held.held and held.state == state(five)
