@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import consul.aio
 from consul.exceptions import ACLPermissionDenied, ConsulException
 
@@ -45,6 +46,10 @@ class BootstrapError(Exception):
     """Something an operator has to fix; the message says what."""
 
 
+class Unsettled(Exception):
+    """Consul's answer may change in a moment: retried until the deadline."""
+
+
 # --- what each component may do (pure)
 
 def policies(services: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -59,6 +64,7 @@ def policies(services: Iterable[str]) -> dict[str, dict[str, Any]]:
         f"{POLICY_PREFIX}registrator": {"service": {name: write for name in names}},
         # Health answers list instances by node: without node read Consul filters them all out.
         f"{POLICY_PREFIX}watcher": {"service_prefix": {"": read}, "node_prefix": {"": read}},
+        f"{POLICY_PREFIX}ui": {"service_prefix": {"": read}, "node_prefix": {"": read}},
         f"{POLICY_PREFIX}agent": {"node_prefix": {"": write}, "service_prefix": {"": read}},
     }
 
@@ -114,41 +120,15 @@ class Bootstrap:
     wait: float = 120.0  # for the ACL system to accept requests after a leader is elected
 
     async def run(self) -> None:
-        client = connect(self.address, None, timeout=10.0)
-        try:
-            management = await self._management(client)
-            by_name = await self._policies(client, management)
-            for component, directory in self.token_dirs.items():
-                await self._component_token(client, management, component, directory, by_name)
-            # Consul's own agent: without a token it cannot update its node (deny by default).
-            agent_secret = await self._token(client, management, "agent", self.admin_dir / "agent.token",
-                                             [f"{POLICY_PREFIX}agent"], 0o400)
-            await client.agent.token.set_agent(agent_secret, token=management)
-        finally:
-            await client.close()
-
-    async def _management(self, client: consul.aio.Consul) -> str:
-        path = self.admin_dir / MANAGEMENT_FILE
+        """Every step again until one run gets through: each is idempotent, and a Consul that
+        just elected a leader refuses ACL requests for a while ("legacy mode", "no leader")."""
         deadline, failures = time.monotonic() + self.wait, 0
         while True:
+            client = connect(self.address, None, timeout=10.0)
             try:
-                if (secret := read_secret(path)) is not None:
-                    await client.acl.token.read_self(token=secret)
-                    return secret
-                made = await client.acl.bootstrap()
-                write_secret(path, made["SecretID"] + "\n", 0o400)
-                log.info("ACLs bootstrapped; the management token is in %s", path)
-                return str(made["SecretID"])
-            except ACLPermissionDenied as error:
-                if secret is not None:
-                    raise BootstrapError(f"Consul does not know the management token in {path} ({error}): its data "
-                                         "was replaced while this volume was kept; remove the volume, or restore "
-                                         "the token") from error
-                raise BootstrapError(
-                    f"Consul's ACLs were bootstrapped by someone else and {path} has no management token; "
-                    "run `docker compose down -v` for a fresh start, or put the management token there") from error
-            except (*TRANSIENT, KeyError) as error:
-                # Just after an election Consul answers "ACL system … legacy mode" or "no leader" for a while.
+                await self._steps(client)
+                return
+            except (*TRANSIENT, KeyError, Unsettled) as error:
                 failures += 1
                 if time.monotonic() > deadline:
                     raise BootstrapError(f"Consul at {self.address} did not accept ACL requests within "
@@ -156,6 +136,52 @@ class Bootstrap:
                 delay = backoff(failures, 0.2, 3.0)
                 log.info("Consul not ready for ACLs yet (%s); retry in %.1fs", error, delay)
                 await asyncio.sleep(delay)
+            finally:
+                await client.close()
+
+    async def _steps(self, client: consul.aio.Consul) -> None:
+        management = await self._management(client)
+        by_name = await self._policies(client, management)
+        for component, directory in self.token_dirs.items():
+            await self._component_token(client, management, component, directory, by_name)
+        # For people (the UI): read-only like the watcher, but its own token, so that it can be
+        # revoked or widened without touching a component.
+        await self._token(client, management, "ui", self.admin_dir / "ui.token", [f"{POLICY_PREFIX}ui"], 0o400)
+        # Consul's own agent: without a token it cannot update its node (deny by default).
+        agent_secret = await self._token(client, management, "agent", self.admin_dir / "agent.token",
+                                         [f"{POLICY_PREFIX}agent"], 0o400)
+        await client.agent.token.set_agent(agent_secret, token=management)
+
+    async def _management(self, client: consul.aio.Consul) -> str:
+        """The management token kept in the admin volume, or a new one from a first bootstrap.
+        A Consul whose data was wiped while the volume was kept forgets the kept token but
+        accepts a bootstrap again: every token is then made anew with the secrets kept."""
+        path = self.admin_dir / MANAGEMENT_FILE
+        kept = read_secret(path)
+        if kept is not None:
+            try:
+                await client.acl.token.read_self(token=kept)
+                return kept
+            except ACLPermissionDenied:
+                log.warning("Consul does not know the management token in %s (its data was wiped?): "
+                            "bootstrapping again", path)
+        try:
+            made = await client.acl.bootstrap()
+        except ACLPermissionDenied as error:
+            if kept is not None:
+                # Bootstrapped, yet our token unknown: a server still loading its state, or a
+                # Consul someone else bootstrapped. Retried until --wait runs out, then fatal.
+                raise Unsettled(f"Consul knows neither the token in {path} nor allows a bootstrap; if this "
+                                "lasts, its ACLs belong to someone else: `docker compose down -v` starts afresh, "
+                                "or put their management token there") from error
+            raise BootstrapError(
+                f"Consul's ACLs were bootstrapped by someone else and {path} has no management token; "
+                "run `docker compose down -v` for a fresh start, or put the management token there") from error
+        # Consul 1.8 cannot take a secret of ours: a crash before this line loses the token
+        # (then `down -v`); the window is one file write.
+        write_secret(path, made["SecretID"] + "\n", 0o400)
+        log.info("ACLs bootstrapped; the management token is in %s", path)
+        return str(made["SecretID"])
 
     async def _policies(self, client: consul.aio.Consul, management: str) -> dict[str, str]:
         existing = {p["Name"]: p["ID"] for p in await client.acl.policy.list(token=management)}
@@ -252,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("gossip key %s %s", "written to" if keygen(args.out) else "kept in", args.out)
             return cli.EXIT_OK
         asyncio.run(Bootstrap(args.consul, args.admin_dir, dict(args.tokens), args.services, args.wait).run())
-    except (BootstrapError, OSError, ValueError, KeyError, ConsulException) as error:
+    except (BootstrapError, OSError, ValueError, KeyError, ConsulException, aiohttp.ClientError) as error:
         log.error("fatal: %s", error)
         return cli.EXIT_FATAL
     log.info("ACL tokens ready for %s", ", ".join(dict(args.tokens)) or "no component")

@@ -29,9 +29,10 @@ def secured(tmp_path: Path) -> Iterator[ConsulAgent]:
         yield agent
 
 
-def bootstrap(agent: ConsulAgent, tmp_path: Path, services: tuple[str, ...] = ("webapp",)) -> dict[str, str]:
+def bootstrap(agent: ConsulAgent, tmp_path: Path, services: tuple[str, ...] = ("webapp",),
+              wait: float = 120.0) -> dict[str, str]:
     dirs = {component: tmp_path / component for component in acl.COMPONENTS}
-    asyncio.run(acl.Bootstrap(ConsulAddress.parse(agent.address), tmp_path / "admin", dirs, services).run())
+    asyncio.run(acl.Bootstrap(ConsulAddress.parse(agent.address), tmp_path / "admin", dirs, services, wait).run())
     return {component: (directory / acl.TOKEN_FILE).read_text().strip() for component, directory in dirs.items()}
 
 
@@ -113,3 +114,24 @@ def test_keygen_makes_one_key_and_keeps_it(tmp_path):
     assert acl.keygen(out) is False
     assert json.loads(out.read_text())["encrypt"] == key
     assert len(__import__("base64").b64decode(key)) == 32
+
+
+def test_a_wiped_consul_gets_every_token_back_with_the_secrets_kept(tmp_path):
+    (tmp_path / "first").mkdir()
+    (tmp_path / "wiped").mkdir()
+    with consul_dev(tmp_path / "first", "-hcl", ACLS) as first:
+        tokens = bootstrap(first, tmp_path)
+    with consul_dev(tmp_path / "wiped", "-hcl", ACLS) as wiped:  # a new, empty Consul; the volumes kept
+        assert bootstrap(wiped, tmp_path) == tokens
+        as_token(wiped, tokens["registrator"]).agent.service.register("webapp", service_id="webapp-1", port=1)
+        assert "webapp" in as_token(wiped, tokens["watcher"]).catalog.services()[1]
+        ui = (tmp_path / "admin" / "ui.token").read_text().strip()
+        assert "webapp" in as_token(wiped, ui).catalog.services()[1]
+
+
+def test_a_kept_token_another_bootstrap_replaced_is_fatal_after_the_wait(secured, tmp_path):
+    (tmp_path / "admin").mkdir()
+    (tmp_path / "admin" / acl.MANAGEMENT_FILE).write_text("00000000-0000-4000-8000-000000000000\n")
+    secured.client.acl.bootstrap()
+    with pytest.raises(acl.BootstrapError, match="nor allows a bootstrap"):
+        bootstrap(secured, tmp_path, wait=1)
