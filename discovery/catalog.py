@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import aiohttp
 import consul.aio
 from consul.base import Response
-from consul.exceptions import ConsulException
+from consul.exceptions import ACLPermissionDenied, ConsulException
 
 from discovery import metrics
 from discovery.model import CatalogEntry, ConsulAddress, Instance, InvalidValue, service_name, shown
@@ -91,8 +91,11 @@ async def follow_index(
             failures += 1
             delay = rules.backoff(failures)
             level = logging.WARNING if failures == 1 or failures % 20 == 0 else logging.DEBUG
-            log.log(level, "%s: Consul unreachable (%s); retry %d in %.1fs, keeping the last known state",
-                    what, _describe(error), failures, delay)
+            if isinstance(error, ACLPermissionDenied):
+                level = logging.ERROR if failures == 1 or failures % 20 == 0 else logging.DEBUG
+            log.log(level, "%s: %s (%s); retry %d in %.1fs, keeping the last known state", what,
+                    "Consul refuses our token" if isinstance(error, ACLPermissionDenied) else "Consul unreachable",
+                    _describe(error), failures, delay)
             await asyncio.sleep(delay)
             continue
         if failures:
@@ -125,15 +128,18 @@ class Answer:
 
 def read_answer(response: Response) -> Answer:
     """The body and the X-Consul-* headers of a read (py-consul's own callbacks drop the headers)."""
+    if response.code == 403:
+        # Our token, not Consul's health: said as such, and still retried (it may be fixed).
+        raise ACLPermissionDenied(f"403 ACL denied, check the watcher's token: {response.body[:200]}")
     if response.code >= 400:
         raise ConsulException(f"{response.code} {response.body}")
     try:
         index = int(response.headers["X-Consul-Index"])
         data = json.loads(response.body) if response.body else None
+        last_contact = int(response.headers.get("X-Consul-LastContact", 0)) / 1000
     except (KeyError, ValueError) as error:
         raise ConsulException(f"unreadable answer ({error}): {response.body[:200]!r}") from None
-    return Answer(index, data, int(response.headers.get("X-Consul-LastContact", 0)) / 1000,
-                  response.headers.get("X-Consul-KnownLeader", "true") == "true")
+    return Answer(index, data, last_contact, response.headers.get("X-Consul-KnownLeader", "true") == "true")
 
 
 def _describe(error: BaseException) -> str:

@@ -6,7 +6,7 @@ import time
 import aiohttp
 import pytest
 from consul.base import Response
-from consul.exceptions import ConsulException
+from consul.exceptions import ACLPermissionDenied, ConsulException
 
 from discovery.catalog import (
     NEW_SERVICE_GRACE,
@@ -330,6 +330,17 @@ async def test_max_stale_zero_reads_from_the_leader_only():
 def test_an_error_or_unreadable_answer_is_a_consul_exception(code, headers, body):
     with pytest.raises(ConsulException):
         read_answer(Response(code, headers, body))
+
+
+@pytest.mark.parametrize("headers", [{"X-Consul-Index": "9", "X-Consul-LastContact": "soon"}])
+def test_a_malformed_freshness_header_is_a_consul_exception_not_a_crash(headers):
+    with pytest.raises(ConsulException, match="unreadable"):
+        read_answer(Response(200, headers, "[]"))
+
+
+def test_a_refused_token_is_told_apart_from_an_outage():
+    with pytest.raises(ACLPermissionDenied, match="token"):
+        read_answer(Response(403, {}, "ACL not found"))
 
 
 def test_an_answer_carries_its_freshness():
