@@ -228,6 +228,7 @@ class Registrator:
             r for attrs in running
             if attrs.get("Id") not in self.stopping and (r := self.wanted(attrs)) is not None
         ]
+        self.denied &= {r.id for r in wanted}  # forget refusals of containers that are gone
         plan = sync_plan(wanted, registered, everything)
         for reg in plan.register:
             if reg.id not in self.announcing:
