@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from discovery.cli import EnvParser
+from discovery.cli import EnvParser, positive_seconds
 from discovery.screenshot import png_size
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -423,7 +423,7 @@ def parse(argv: list[str] | None) -> LabConfig:
                   help="loopback port for the stats page (0: any free one)")
     parser.option("--consul-port", env="DISCOVERY_LAB_CONSUL_PORT", default=0, type=port,
                   help="loopback port for Consul's API and UI (0: any free one)")
-    parser.option("--converge-timeout", env="DISCOVERY_LAB_CONVERGE_TIMEOUT", default=60.0, type=float,
+    parser.option("--converge-timeout", env="DISCOVERY_LAB_CONVERGE_TIMEOUT", default=60.0, type=positive_seconds,
                   help="seconds a step may take to show in Docker, Consul and HAProxy alike")
     args = parser.parse_args(argv)
     return LabConfig(output=Path(args.output).resolve(), project=args.project, http_port=args.http_port,
