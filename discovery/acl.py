@@ -118,6 +118,7 @@ class Bootstrap:
     token_dirs: Mapping[str, Path]  # component -> the volume that component mounts read-only
     services: tuple[str, ...]
     wait: float = 120.0  # for the ACL system to accept requests after a leader is elected
+    agent_config: Path | None = None  # Consul config file with the agent token, for further servers
 
     async def run(self) -> None:
         """Every step again until one run gets through: each is idempotent, and a Consul that
@@ -151,6 +152,10 @@ class Bootstrap:
         agent_secret = await self._token(client, management, "agent", self.admin_dir / "agent.token",
                                          [f"{POLICY_PREFIX}agent"], 0o400)
         await client.agent.token.set_agent(agent_secret, token=management)
+        if self.agent_config is not None:
+            # Further servers (the `cluster` profile) load it at start: set through the API, it
+            # would be needed on each of them before they could be asked.
+            write_secret(self.agent_config, json.dumps({"acl": {"tokens": {"agent": agent_secret}}}) + "\n", 0o444)
 
     async def _management(self, client: consul.aio.Consul) -> str:
         """The management token kept in the admin volume, or a new one from a first bootstrap.
@@ -260,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="comma-separated service names the registrator may register")
     boot.add_argument("--wait", type=cli.positive_seconds, default=120.0,
                       help="how long to wait for Consul to accept ACL requests")
+    boot.add_argument("--agent-config", type=Path, default=None,
+                      help="also write the agent token as a Consul config file here (for more servers)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     if args.command == "bootstrap":
@@ -277,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keygen":
             log.info("gossip key %s %s", "written to" if keygen(args.out) else "kept in", args.out)
             return cli.EXIT_OK
-        asyncio.run(Bootstrap(args.consul, args.admin_dir, dict(args.tokens), args.services, args.wait).run())
+        asyncio.run(Bootstrap(args.consul, args.admin_dir, dict(args.tokens), args.services, args.wait,
+                              args.agent_config).run())
     except (BootstrapError, OSError, ValueError, KeyError, ConsulException, aiohttp.ClientError) as error:
         log.error("fatal: %s", error)
         return cli.EXIT_FATAL

@@ -32,7 +32,8 @@ def secured(tmp_path: Path) -> Iterator[ConsulAgent]:
 def bootstrap(agent: ConsulAgent, tmp_path: Path, services: tuple[str, ...] = ("webapp",),
               wait: float = 120.0) -> dict[str, str]:
     dirs = {component: tmp_path / component for component in acl.COMPONENTS}
-    asyncio.run(acl.Bootstrap(ConsulAddress.parse(agent.address), tmp_path / "admin", dirs, services, wait).run())
+    asyncio.run(acl.Bootstrap(ConsulAddress.parse(agent.address), tmp_path / "admin", dirs, services, wait,
+                              tmp_path / "agent" / "agent-token.json").run())
     return {component: (directory / acl.TOKEN_FILE).read_text().strip() for component, directory in dirs.items()}
 
 
@@ -51,6 +52,9 @@ def test_bootstrap_is_idempotent_and_keeps_every_secret(secured, tmp_path):
     assert second == first
     assert (tmp_path / "admin" / acl.MANAGEMENT_FILE).read_text() == management
     assert (tmp_path / "admin" / acl.MANAGEMENT_FILE).stat().st_mode & 0o777 == 0o400
+    # More servers load the agent token as configuration.
+    agent_config = json.loads((tmp_path / "agent" / "agent-token.json").read_text())
+    assert agent_config == {"acl": {"tokens": {"agent": (tmp_path / "admin" / "agent.token").read_text().strip()}}}
     policies = {p["Name"] for p in as_token(secured, management.strip()).acl.policy.list()}
     assert {"discovery-registrator", "discovery-watcher", "discovery-agent"} <= policies
     # The second run widened the registrator's policy to the new list.
