@@ -21,7 +21,7 @@ from discovery import metrics
 from discovery.haproxy import ConfigInvalid, HAProxyError, HAProxyUnreachable, MasterCLI, validate, write_atomic
 from discovery.model import DesiredState, Instance, backend_name
 from discovery.plan import Change, Membership, diff, membership, with_draining
-from discovery.render import Renderer, RenderSettings, TemplateError, file_servers, server_arguments
+from discovery.render import Renderer, RenderSettings, TemplateError, file_servers, served_state, server_arguments
 from discovery.runtime import RuntimeAPI
 
 log = logging.getLogger("discovery.watch")
@@ -64,6 +64,9 @@ class Applier:
         self.master: MasterCLI | None = None  # set by attach() once a master socket is known
         self.runtime: RuntimeAPI | None = None  # set once HAProxy is known to run
         self.applied: DesiredState | None = None  # Consul's view, as HAProxy serves it
+        # What the adopted file serves, read back from it (after a watcher restart, until the
+        # first apply): the shrink guard's "before", so a restart does not forget what ran.
+        self.adopted: DesiredState | None = None
         self.loaded: str | None = None  # the text HAProxy is known to run
         self.draining: dict[tuple[str, str], Drain] = {}
         self._reloads: collections.deque[float] = collections.deque()
@@ -90,6 +93,7 @@ class Applier:
             return
         if running == file_servers(text):
             self.loaded = text
+            self.adopted = served_state(text)
         else:
             log.warning("HAProxy runs other servers than %s lists (%d missing, %d extra): the first apply "
                         "reloads", self.settings.output, len(file_servers(text) - running),
@@ -147,6 +151,11 @@ class Applier:
             if outcome.action == "runtime" and self.loaded is not None:
                 await self._validate_written(self.loaded)
             return outcome
+
+    @property
+    def served(self) -> DesiredState | None:
+        """What HAProxy serves as far as we know: the last apply, else the adopted file."""
+        return self.applied if self.applied is not None else self.adopted
 
     def _export(self, state: DesiredState) -> None:
         metrics.INSTANCES.clear()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jinja2
 
-from discovery.model import DesiredState, Route, Service
+from discovery.model import DesiredState, Instance, InvalidValue, Route, Service, backend_name
 
 DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "haproxy.cfg.j2"
 
@@ -83,6 +83,28 @@ def server_arguments(text: str) -> dict[tuple[str, str], str]:
 def file_servers(text: str) -> set[tuple[str, str, str]]:
     """(backend, server, address:port) of every server a rendered config lists."""
     return {(backend, name, arguments.split()[0]) for (backend, name), arguments in server_arguments(text).items()}
+
+
+def served_state(text: str) -> DesiredState:
+    """The services and serving instances a rendered config lists (disabled, i.e. draining,
+    servers left out), as far as the file tells: enough for the shrink guard to compare a first
+    answer with what HAProxy runs after a watcher restart. Routes are not read back; a backend
+    not named by the shipped template's rule, or a line that does not parse, is skipped."""
+    default = next((line.split()[1] for line in text.splitlines()
+                    if line.split()[:1] == ["default_backend"] and len(line.split()) > 1), None)
+    instances: dict[str, list[Instance]] = {}
+    for (backend, name), arguments in server_arguments(text).items():
+        words = arguments.split()
+        if not backend.startswith("be_") or "disabled" in words:
+            continue
+        host, _, number = words[0].rpartition(":")
+        try:
+            instance = Instance(backend.removeprefix("be_"), name, host.strip("[]"), int(number))
+        except (InvalidValue, ValueError):
+            continue
+        instances.setdefault(instance.service, []).append(instance)
+    return DesiredState(tuple(Service(service, tuple(found), is_default=backend_name(service) == default)
+                              for service, found in sorted(instances.items())))
 
 
 class Renderer:

@@ -178,7 +178,7 @@ async def _apply_loop(
         except InvalidValue as error:  # e.g. two instances that would share one server name
             log.error("not applied, keeping the last good config: %s", error)
             continue
-        verdict = guard.check(applier.applied, state, time.monotonic())
+        verdict = guard.check(applier.served, state, time.monotonic())
         _log_shrinks(verdict, held)
         held = set(guard.since)
         metrics.SHRINKS_HELD.set(len(held))

@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from discovery.applier import Applier, ApplySettings
+from discovery.guard import ShrinkGuard
 from discovery.haproxy import ConfigInvalid, ManagedHAProxy, MasterCLI, ReloadFailed, validate, write_atomic
 from discovery.model import DesiredState, Instance, Service
 from discovery.render import DEFAULT_TEMPLATE, Renderer, RenderSettings
@@ -85,3 +86,19 @@ async def test_a_restarted_watcher_adopts_the_file_only_when_haproxy_runs_its_se
     restarted = Applier(settings)
     await restarted.attach(MasterCLI(managed.master_socket))
     assert restarted.loaded is None
+
+
+async def test_a_restarted_watcher_remembers_what_haproxy_serves_for_the_shrink_guard(haproxy, tmp_path):
+    managed, (http_port, stats_port) = haproxy
+    servers = [Instance("web", f"web-{n}", "127.0.0.1", free_port()) for n in (1, 2, 3)]
+    write_atomic(managed.config, config_text(tmp_path, http_port, stats_port, servers))
+    await MasterCLI(managed.master_socket).reload()
+    settings = ApplySettings(DEFAULT_TEMPLATE, managed.config, render=RenderSettings(
+        http_bind=f"127.0.0.1:{http_port}", stats_bind=f"127.0.0.1:{stats_port}",
+        runtime_socket=str(tmp_path / "admin.sock")))
+    restarted = Applier(settings)
+    await restarted.attach(MasterCLI(managed.master_socket))
+    assert restarted.served == DesiredState((Service("web", tuple(servers), is_default=True),))
+    # Consul's first answer after the restart says "none" (wiped, say): held, not applied.
+    verdict = ShrinkGuard(max_shrink=0.5, hold=15).check(restarted.served, DesiredState(), now=0)
+    assert verdict.held and verdict.state == restarted.served

@@ -1,7 +1,15 @@
 import pytest
 
 from discovery.model import DesiredState, Instance, Route, Service
-from discovery.render import Renderer, RenderSettings, TemplateError, ordered_routes, quote, server_arguments
+from discovery.render import (
+    Renderer,
+    RenderSettings,
+    TemplateError,
+    ordered_routes,
+    quote,
+    served_state,
+    server_arguments,
+)
 
 # --- quote
 
@@ -173,3 +181,18 @@ def test_server_arguments_are_what_add_server_needs():
         ("be_web", "web-1"): "10.0.0.1:8080 check inter 2s fall 2 rise 2",
         ("be_api", "api-3"): "10.0.0.3:8080 check inter 2s fall 2 rise 2",
     }
+
+
+def test_a_rendered_file_reads_back_as_the_services_it_serves():
+    web = Service("web", (Instance("web", "web-1", "10.0.0.1", 80), Instance("web", "web-2", "2001:db8::2", 8080)),
+                  (Route(host="www.example.com"),), is_default=True)
+    api = Service("api", (Instance("api", "api-1", "10.0.0.3", 3000),), (Route(path="/api"),),
+                  draining=(Instance("api", "api-0", "10.0.0.9", 3000),))
+    served = served_state(render(web, api))
+    # Routes are not read back; draining servers do not serve.
+    assert served == DesiredState((Service("api", api.instances), Service("web", web.instances, is_default=True)))
+
+
+def test_nothing_served_reads_back_as_nothing():
+    assert served_state(render()) == DesiredState()
+    assert served_state("backend be_x\n    server a not-an-address:1\n") == DesiredState()
