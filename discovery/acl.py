@@ -32,6 +32,7 @@ from consul.exceptions import ACLPermissionDenied, ConsulException
 
 from discovery import cli
 from discovery.catalog import TRANSIENT, backoff, connect
+from discovery.haproxy import write_atomic
 from discovery.model import ConsulAddress, InvalidValue, service_name
 
 log = logging.getLogger("discovery.acl")
@@ -77,17 +78,9 @@ def gossip_key() -> str:
 # --- files
 
 def write_secret(path: Path, text: str, mode: int) -> None:
-    """Write atomically, with `mode` from the first byte (never briefly world-readable)."""
+    """Write atomically with `mode` (the temporary file is owner-only until then)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.chmod(temporary, mode)  # the umask may have taken bits away
-    os.replace(temporary, path)
+    write_atomic(path, text, mode)
 
 
 def read_secret(path: Path) -> str | None:
