@@ -91,13 +91,13 @@ class Applier:
         except HAProxyError as error:  # e.g. the admin socket not there yet: a reload is the safe side
             log.warning("cannot list HAProxy's servers (%s): the first apply reloads", error)
             return
-        if running == file_servers(text):
+        listed = file_servers(text)
+        if running == listed:
             self.loaded = text
             self.adopted = served_state(text)
         else:
             log.warning("HAProxy runs other servers than %s lists (%d missing, %d extra): the first apply "
-                        "reloads", self.settings.output, len(file_servers(text) - running),
-                        len(running - file_servers(text)))
+                        "reloads", self.settings.output, len(listed - running), len(running - listed))
 
     async def bootstrap(self) -> None:
         """With no config at all yet, write one with no services so that HAProxy can start and
