@@ -77,10 +77,11 @@ def next_index(previous: int, returned: int) -> int:
 
 async def follow_index(
     fetch: Callable[[int], Awaitable[tuple[int, T]]], what: str, rules: QueryRules,
-    answered: Callable[[str, int], None] | None = None,
+    answered: Callable[[str, int, int], None] | None = None,
 ) -> AsyncIterator[T]:
     """Yield the result of `fetch` each time it changes; retry failures with backoff for ever.
-    `answered(what, index)` hears of every answer, changed or not."""
+    `answered(what, index, failed)` hears of every answer, changed or not, with the number of
+    failed attempts just before it."""
     index, failures = 0, 0
     last: Any = object()
     while True:
@@ -98,13 +99,13 @@ async def follow_index(
                     _describe(error), failures, delay)
             await asyncio.sleep(delay)
             continue
-        if failures:
-            log.info("%s: Consul answers again after %d failed attempt(s)", what, failures)
-            failures = 0
+        failed, failures = failures, 0
+        if failed:
+            log.info("%s: Consul answers again after %d failed attempt(s)", what, failed)
         metrics.CONSUL_INDEX.labels(what).set(returned)
         metrics.CONSUL_LAST_ANSWER.labels(what).set(time.time())
         if answered is not None:
-            answered(what, returned)
+            answered(what, returned, failed)
         # No progress: a wake-up without a new index, or an index that went back or to 0 (Consul
         # bugs have returned 0 for ever: every query then returns at once).
         no_progress = returned <= index or returned < 1
@@ -208,7 +209,7 @@ class Catalog:
                 metrics.REFUSED.labels("service").inc()
             return False
 
-    def _answered(self, what: str, index: int) -> None:
+    def _answered(self, what: str, index: int, failed: int) -> None:
         self.answers[what] = (index, time.time())
 
     def status(self) -> dict[str, object]:

@@ -27,7 +27,7 @@ from consul.exceptions import ACLPermissionDenied, NotFound
 
 from discovery import cli, metrics
 from discovery.catalog import TRANSIENT as CONSUL_TRANSIENT
-from discovery.catalog import backoff, connect, next_index
+from discovery.catalog import QueryRules, backoff, connect, follow_index
 from discovery.containers import TRANSIENT as DOCKER_TRANSIENT
 from discovery.containers import ContainerEvent, Containers, NotRegistrable, registration
 from discovery.model import OWNER_META, OWNER_VALUE, ConsulAddress, InvalidValue, Registration
@@ -287,28 +287,29 @@ class Registrator:
                 log.warning("Docker event stream broken (%s); resuming in %.1fs", error, delay)
                 await asyncio.sleep(delay)
 
-    async def follow_consul(self, wait: str = "5s") -> None:
+    async def follow_consul(self, wait: float = 5.0) -> None:
         """A Consul that restarted (data kept or wiped) or was restored from a snapshot may have
         lost our registrations: reconcile as soon as it answers again, not at the next --resync.
-        A short blocking query notices both: an outage breaks it, a restore sends its index back."""
-        index, failures = 0, 0
-        while True:
-            try:
-                returned, _ = await self.client.catalog.services(index=index or None, wait=wait)
-            except CONSUL_TRANSIENT:
-                failures += 1
-                await asyncio.sleep(backoff(failures, 0.25, self.config.backoff_max))
-                continue
-            returned = int(returned)
-            backwards = 1 <= returned < index  # an index of 0 is Consul's bug, not a restore
-            if failures or backwards:
-                log.info("Consul %s: reconciling now", "answers again" if failures else "index went backwards")
+        A short blocking query notices both: an outage breaks it, a restore sends its index back.
+        The watcher's loop (`follow_index`) runs it: Consul's index rules, backoff, no busy loop."""
+        last = 0
+
+        def answered(_: str, index: int, failed: int) -> None:
+            nonlocal last
+            backwards = 1 <= index < last  # an index of 0 is Consul's bug, not a restore
+            if failed or backwards:
+                log.info("Consul %s: reconciling now", "answers again" if failed else "index went backwards")
                 self.register_all |= backwards
                 self.resync_now.set()
-            if returned <= index or returned < 1:
-                await asyncio.sleep(0.05)  # no progress: never a busy loop, whatever Consul answers
-            failures = 0
-            index = next_index(index, returned)
+            last = index
+
+        async def fetch(index: int) -> tuple[int, dict[str, Any]]:
+            returned, services = await self.client.catalog.services(index=index or None, wait=f"{wait:g}s")
+            return int(returned), services or {}
+
+        rules = QueryRules(wait=wait, backoff_base=0.25, backoff_max=self.config.backoff_max)
+        async for _ in follow_index(fetch, "registrator: catalog", rules, answered):
+            pass
 
     async def resync_loop(self) -> None:
         failures = 0
