@@ -28,6 +28,7 @@ from discovery.haproxy import (
     HAProxyError,
     ManagedHAProxy,
     MasterCLI,
+    write_atomic,
 )
 from discovery.model import CatalogEntry, ConsulAddress, InvalidValue
 from discovery.render import DEFAULT_TEMPLATE, RenderSettings
@@ -292,8 +293,7 @@ def stats_password(path: Path, create: bool) -> str:
         return cli.config_word(password)
     password = secrets.token_urlsafe(18)
     if create:
-        path.touch(mode=0o600)
-        path.write_text(password + "\n")
+        write_atomic(path, password + "\n", 0o600)
         log.warning("stats page: user and a new random password written to %s", path)
     return password
 
