@@ -106,10 +106,14 @@ def test_consul_index_goes_backwards_on_snapshot_restore(short_waits, record, tm
     probe.check()
     assert load.failed == 0, (load.outcomes, load.errors)
     assert stack.ours() == before
-    # The registrator's own short query (5 s) sees the index go back, and registers everything anew.
-    wait_until(lambda: "index went backwards" in stack.registrator_text(), "the registrator to notice", timeout=15)
+    # The registrator's own short query (5 s) sees the index go back and registers everything
+    # anew — when it answers before the leader's first write after the restore lifts the index
+    # again; otherwise the catalog is made whole without it (asserted above). Which one happened
+    # is reported, not asserted: it is a race inside Consul, not a bound of ours.
+    noticed = "index went backwards" in stack.registrator_text()
     record("Consul index goes backwards (snapshot restore; 1 instance newer than the snapshot)", load.summary,
-           str(load.failed), f"{recovered:.1f} s", "0 of 4")
+           str(load.failed), f"{recovered:.1f} s (registrator saw the index go back: {'yes' if noticed else 'no'})",
+           "0 of 4")
 
 
 def test_consul_index_stuck_at_zero_is_rate_limited_and_changes_get_through(tmp_path, docker_client, record):
