@@ -16,10 +16,11 @@ from pathlib import Path
 
 import consul
 
-from discovery.haproxy import ManagedHAProxy, write_atomic
-from discovery.model import DesiredState, Instance, Service
-from discovery.render import Renderer, RenderSettings
-from discovery.runtime import RuntimeAPI
+from discovery.files import write_atomic
+from discovery.haproxy.binary import ManagedHAProxy
+from discovery.haproxy.config import Renderer, RenderSettings
+from discovery.haproxy.sockets import RuntimeAPI
+from discovery.model import DesiredState, Instance, ServerKey, Service
 from tests.support import free_port
 
 
@@ -58,12 +59,12 @@ async def _runtime_calls(workdir: Path, iterations: int) -> dict[str, list[float
     try:
         for i in range(iterations):
             started = time.perf_counter()
-            await runtime.set_state("be_floor", "s0", "ready")
+            await runtime.set_state(ServerKey("be_floor", "s0"), "ready")
             set_state.append(time.perf_counter() - started)
             started = time.perf_counter()
-            await runtime.add_server("be_floor", f"s{i + 1}", "127.0.0.1:2", checked=False)
+            await runtime.add_server(ServerKey("be_floor", f"s{i + 1}"), "127.0.0.1:2", checked=False)
             add_enable.append(time.perf_counter() - started)
-            await runtime.delete_server("be_floor", f"s{i + 1}", force=False)
+            await runtime.delete_server(ServerKey("be_floor", f"s{i + 1}"), force=False)
     finally:
         await haproxy.stop()
     return {"runtime_set_server": set_state, "runtime_add_enable": add_enable}

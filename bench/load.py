@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import consul
 
-from discovery.haproxy import MasterCLI
+from discovery.haproxy.sockets import MasterCLI
 from tests.processes import Watcher, WebApps
 from tests.support import Load, wait_until
 

@@ -27,7 +27,7 @@ import consul
 import docker
 
 from bench.probe import LastSeen, first_time, tag_of
-from discovery.runtime import RuntimeAPI
+from discovery.haproxy.sockets import RuntimeAPI
 from tests.processes import Watcher
 from tests.support import get_json, stop_process, wait_until
 

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.probe import LastSeen, first_time, tag_of
-from discovery.haproxy import HAProxyError
-from discovery.runtime import RuntimeAPI
+from discovery.haproxy.errors import HAProxyError
+from discovery.haproxy.sockets import RuntimeAPI
 from tests.support import get_json, stop_process, wait_until
 
 HERE = Path(__file__).resolve().parent / "baselines" / "serf"
@@ -158,8 +158,9 @@ class Lab:
     def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None,
                session: bool = False) -> subprocess.Popen[bytes]:
         with (self.dir / f"{name}.log").open("ab") as sink:
+            # From the repository: the demo web app (demo/) is not an installed package.
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=session)
+                                    env=env, start_new_session=session, cwd=HERE.parents[2])
 
     def members(self, rpc: int) -> dict[str, str]:
         """name → status (alive, leaving, left, failed) as the agent on `rpc` sees the cluster."""
@@ -190,7 +191,7 @@ class Lab:
     def add_web(self, name: str) -> WebNode:
         """A web app (not waited for): its agent starts later, with join()."""
         port, gossip, rpc = free_ports(3)
-        app = self._spawn(f"{name}.app", [sys.executable, "-m", "discovery.webapp", "--host", "127.0.0.1",
+        app = self._spawn(f"{name}.app", [sys.executable, "-m", "demo.webapp", "--host", "127.0.0.1",
                                           "--port", str(port), "--tag", name])
         node = self.nodes[name] = WebNode(name, port, gossip, rpc, app)
         return node

@@ -31,8 +31,8 @@ import consul.aio
 from consul.exceptions import ACLPermissionDenied, ConsulException
 
 from discovery import cli
-from discovery.catalog import TRANSIENT, backoff, connect
-from discovery.haproxy import write_atomic
+from discovery.consul_api import TRANSIENT, backoff, connect
+from discovery.files import read_secret, write_secret
 from discovery.model import ConsulAddress, InvalidValue, service_name
 
 log = logging.getLogger("discovery.acl")
@@ -76,20 +76,6 @@ def gossip_key() -> str:
 
 
 # --- files
-
-def write_secret(path: Path, text: str, mode: int) -> None:
-    """Write atomically with `mode` (the temporary file is owner-only until then)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text, mode)
-
-
-def read_secret(path: Path) -> str | None:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return text or None
-
 
 def keygen(out: Path) -> bool:
     """Write Consul's gossip-encryption config once; True when a new key was made."""
@@ -243,14 +229,15 @@ def service_list(text: str) -> tuple[str, ...]:
     return names
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = cli.EnvParser(prog="python -m discovery.acl", description=__doc__.split("\n\n")[0])
+def build_parser(environ: Mapping[str, str]) -> cli.EnvParser:
+    parser = cli.EnvParser(environ=environ, prog="python -m discovery.acl", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    make_key = commands.add_parser("keygen", help="write Consul's gossip-encryption config once")
+    make_key = commands.add_parser("keygen", help="write Consul's gossip-encryption config once", environ=environ)
     make_key.add_argument("--out", type=Path, required=True, help="the JSON file Consul loads (-config-file)")
-    boot = commands.add_parser("bootstrap", help="bootstrap ACLs and write one token per component")
-    boot.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"),
-                      help="Consul HTTP API [env CONSUL_HTTP_ADDR]")
+    boot = commands.add_parser("bootstrap", help="bootstrap ACLs and write one token per component",
+                               environ=environ)
+    boot.option("--consul", env="CONSUL_HTTP_ADDR", default="http://127.0.0.1:8500", metavar="URL",
+                help="Consul agent HTTP API address")
     boot.add_argument("--admin-dir", type=Path, required=True, help="where the management token is kept")
     boot.add_argument("--token-dir", dest="tokens", type=token_dir, action="append", default=[],
                       metavar="COMPONENT=DIR", help="write COMPONENT's token into DIR/token (repeatable)")
@@ -260,7 +247,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="how long to wait for Consul to accept ACL requests")
     boot.add_argument("--agent-config", type=Path, default=None,
                       help="also write the agent token as a Consul config file here (for more servers)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity")
+    return parser
+
+
+def parse_args(argv: list[str] | None, environ: Mapping[str, str]) -> argparse.Namespace:
+    parser = build_parser(environ)
     args = parser.parse_args(argv)
     if args.command == "bootstrap":
         try:
@@ -271,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, os.environ)
     cli.setup_logging(args.log_level)
     try:
         if args.command == "keygen":

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,19 @@ EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
 
 class EnvParser(argparse.ArgumentParser):
-    """An ArgumentParser whose options read their default from an environment variable."""
+    """An ArgumentParser whose options read their default from an environment variable of
+    `environ` (passed in by the entry point: `os.environ`; a test passes its own)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, environ: Mapping[str, str], **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(**kwargs)
+        self.environ = environ
+        self.env_of: dict[str, str] = {}  # option string -> its environment variable (for the docs)
 
     def option(self, *flags: str, env: str, default: Any = None, type: Callable[[str], Any] = str,
                help: str, secret: bool = False, **kwargs: Any) -> None:
-        raw = os.environ.get(env)
+        self.env_of.update(dict.fromkeys(flags, env))
+        raw = self.environ.get(env)
         if raw is not None and raw != "":
             try:
                 default = type(raw)
@@ -42,7 +45,8 @@ class EnvParser(argparse.ArgumentParser):
                           **kwargs)
 
     def switch(self, *flags: str, env: str, help: str) -> None:
-        raw = os.environ.get(env, "").strip().lower()
+        self.env_of.update(dict.fromkeys(flags, env))
+        raw = self.environ.get(env, "").strip().lower()
         if raw not in ("", "0", "1", "true", "false", "yes", "no"):
             self.error(f"environment variable {env}={raw!r}: want true or false")
         self.add_argument(*flags, action="store_true", default=raw in ("1", "true", "yes"),

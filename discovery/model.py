@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Consul service names that are also DNS labels (Consul warns on anything else) and HAProxy
 # identifiers: letters, digits, '-', '_', '.'; at most 63 characters.
@@ -176,6 +177,20 @@ class Service:
 def backend_name(service: str) -> str:
     """The HAProxy backend of a service, as the shipped template names it."""
     return f"be_{service}"
+
+
+class ServerKey(NamedTuple):
+    """A server as HAProxy names it: `backend/server` in the Runtime API, a key of every table."""
+
+    backend: str
+    server: str
+
+    @classmethod
+    def of(cls, instance: Instance) -> ServerKey:
+        return cls(backend_name(instance.service), instance.server_name)
+
+    def __str__(self) -> str:
+        return f"{self.backend}/{self.server}"
 
 
 def _route_key(route: Route) -> tuple[str, str]:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import consul
 
-from discovery.haproxy import MasterCLI
-from discovery.render import file_servers
-from discovery.runtime import RuntimeAPI
+from discovery.haproxy.config import file_servers
+from discovery.haproxy.sockets import MasterCLI, RuntimeAPI
 from tests.support import free_port, get_json, log_text, require, stop_process, wait_until
 
 
@@ -114,6 +113,9 @@ def consul_server(tmp_path: Path) -> Iterator[ConsulServer]:
         server.stop()
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
 @dataclass
 class WebApps:
     """Demo web apps on loopback, told apart by their TAG."""
@@ -123,8 +125,8 @@ class WebApps:
     def start(self, tag: str) -> int:
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "discovery.webapp", "--host", "127.0.0.1", "--port", str(port), "--tag", tag],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "demo.webapp", "--host", "127.0.0.1", "--port", str(port), "--tag", tag],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPOSITORY,  # demo/ is not installed
         )
         self.processes[tag] = (port, process)
         wait_until(lambda: get_json(port, "/health"), f"web app {tag} to answer")

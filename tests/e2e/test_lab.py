@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from discovery.lab import SCENARIO, check_report, running_webapps_in, servers_in
-from discovery.screenshot import PNG_SIGNATURE, png_size
 from tests.stack import ROOT
 from tests.support import require
+from tools.lab import SCENARIO, check_report, running_webapps_in, servers_in
+from tools.screenshot import PNG_SIGNATURE, png_size
 
 pytestmark = pytest.mark.e2e
 PROJECT = "discovery-lab-test"
@@ -25,7 +25,7 @@ def report(tmp_path_factory):
     require("docker")
     output = tmp_path_factory.mktemp("report")
     env = {**os.environ, "CONSUL_IMAGE": os.environ.get("CONSUL_IMAGE", "hashicorp/consul:1.8.7")}
-    run = subprocess.run([sys.executable, "-m", "discovery.lab", "--output", str(output), "--project", PROJECT,
+    run = subprocess.run([sys.executable, "-m", "tools.lab", "--output", str(output), "--project", PROJECT,
                           "--http-port", "18080", "--stats-port", "11936", "--consul-port", "18500"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     (ROOT / "build").mkdir(exist_ok=True)

@@ -22,8 +22,8 @@ import aiohttp
 import docker
 from aiohttp import web
 
-from discovery.register import owned
-from discovery.runtime import RuntimeAPI
+from discovery.haproxy.sockets import RuntimeAPI
+from discovery.register.sync import owned
 from tests.processes import ConsulServer, Watcher, consul_server, watcher_process
 from tests.support import NeverEmpty, free_port, get_json, http_get, log_text, require, stop_process, wait_until
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from discovery.render import DEFAULT_TEMPLATE
+from discovery.haproxy.config import DEFAULT_TEMPLATE
 from tests.faults.host import SERVICE, EmptyBackendProbe, HostStack, failing_backend, host_stack, webapp_image
 from tests.processes import WebApps
 from tests.support import Load, free_port, http_get, require, wait_until

@@ -6,11 +6,14 @@ import socket
 
 import pytest
 
-from discovery.applier import Applier, ApplySettings
-from discovery.guard import ShrinkGuard
-from discovery.haproxy import ConfigInvalid, ManagedHAProxy, MasterCLI, ReloadFailed, validate, write_atomic
+from discovery.files import write_atomic
+from discovery.haproxy.binary import ManagedHAProxy, validate
+from discovery.haproxy.config import DEFAULT_TEMPLATE, Renderer, RenderSettings
+from discovery.haproxy.errors import ConfigInvalid, ReloadFailed
+from discovery.haproxy.sockets import HAProxySockets, MasterCLI
 from discovery.model import DesiredState, Instance, Service
-from discovery.render import DEFAULT_TEMPLATE, Renderer, RenderSettings
+from discovery.watch.applier import Applier, ApplySettings
+from discovery.watch.guard import ShrinkGuard
 from tests.support import free_port, http_get, require
 
 pytestmark = pytest.mark.integration
@@ -76,15 +79,15 @@ async def test_a_restarted_watcher_adopts_the_file_only_when_haproxy_runs_its_se
     settings = ApplySettings(DEFAULT_TEMPLATE, managed.config, render=RenderSettings(
         http_bind=f"127.0.0.1:{http_port}", stats_bind=f"127.0.0.1:{stats_port}",
         runtime_socket=str(tmp_path / "admin.sock")))
-    adopting = Applier(settings)
-    await adopting.attach(MasterCLI(managed.master_socket))
+    adopting = Applier(settings, HAProxySockets.at(managed.master_socket, tmp_path / "admin.sock"))
+    await adopting.attach()
     assert adopting.loaded == managed.config.read_text()  # HAProxy runs what the file says: no reload
     # A watcher that died after writing a new file but before telling HAProxy: the file lists a
     # server HAProxy does not run, so the next watcher must not take the file as loaded.
     write_atomic(managed.config, config_text(tmp_path, http_port, stats_port,
                                              [Instance("web", "web-1", "127.0.0.1", free_port())]))
-    restarted = Applier(settings)
-    await restarted.attach(MasterCLI(managed.master_socket))
+    restarted = Applier(settings, HAProxySockets.at(managed.master_socket, tmp_path / "admin.sock"))
+    await restarted.attach()
     assert restarted.loaded is None
 
 
@@ -96,8 +99,8 @@ async def test_a_restarted_watcher_remembers_what_haproxy_serves_for_the_shrink_
     settings = ApplySettings(DEFAULT_TEMPLATE, managed.config, render=RenderSettings(
         http_bind=f"127.0.0.1:{http_port}", stats_bind=f"127.0.0.1:{stats_port}",
         runtime_socket=str(tmp_path / "admin.sock")))
-    restarted = Applier(settings)
-    await restarted.attach(MasterCLI(managed.master_socket))
+    restarted = Applier(settings, HAProxySockets.at(managed.master_socket, tmp_path / "admin.sock"))
+    await restarted.attach()
     assert restarted.served == DesiredState((Service("web", tuple(servers), is_default=True),))
     # Consul's first answer after the restart says "none" (wiped, say): held, not applied.
     verdict = ShrinkGuard(max_shrink=0.5, hold=15).check(restarted.served, DesiredState(), now=0)

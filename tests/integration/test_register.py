@@ -11,8 +11,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from discovery.containers import registration
-from discovery.register import owned
+from discovery.register.labels import registration
+from discovery.register.sync import owned
 from tests.support import free_port, http_get, log_text, require, stop_process, wait_until
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from discovery.render import DEFAULT_TEMPLATE
+from discovery.haproxy.config import DEFAULT_TEMPLATE
 from tests.support import Load, SlowRequest, get_json, http_get, wait_until
 
 pytestmark = pytest.mark.integration

@@ -49,7 +49,8 @@ def test_token_dirs_name_a_known_component(text):
 
 
 def test_command_line_reads_components_and_services():
-    args = acl.parse_args(["bootstrap", "--admin-dir", "/a", "--token-dir", "watcher=/w", "--services", "webapp, api"])
+    args = acl.parse_args(
+        ["bootstrap", "--admin-dir", "/a", "--token-dir", "watcher=/w", "--services", "webapp, api"], {})
     assert dict(args.tokens) == {"watcher": acl.Path("/w")}
     assert args.services == ("webapp", "api")
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from discovery.cli import EXIT_USAGE, EnvParser, positive_seconds
@@ -31,7 +33,7 @@ def env(monkeypatch):
 
 
 def wait_parser(**kwargs):
-    parser = EnvParser(prog="test")
+    parser = EnvParser(environ=os.environ, prog="test")
     parser.option("--wait", env="TEST_WAIT", default=1.0, type=positive_seconds, help="how long", **kwargs)
     return parser
 
@@ -69,7 +71,7 @@ def test_option_help_names_the_variable_and_the_effective_default(env, capsys):
 
 def test_option_refuses_an_environment_value_outside_its_choices(env):
     env("TEST_LEVEL", "verbose")
-    parser = EnvParser(prog="test")
+    parser = EnvParser(environ=os.environ, prog="test")
     with pytest.raises(SystemExit) as exit_info:
         parser.option("--level", env="TEST_LEVEL", default="info", choices=["info", "debug"], help="level")
         parser.parse_args([])
@@ -78,7 +80,7 @@ def test_option_refuses_an_environment_value_outside_its_choices(env):
 
 def test_help_survives_a_percent_sign_in_an_environment_value(env, capsys):
     env("TEST_PATH", "/srv/100%/haproxy.cfg")
-    parser = EnvParser(prog="test")
+    parser = EnvParser(environ=os.environ, prog="test")
     parser.option("--path", env="TEST_PATH", default="x", help="a path")
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["--help"])
@@ -87,7 +89,7 @@ def test_help_survives_a_percent_sign_in_an_environment_value(env, capsys):
 
 
 def switch_parser():
-    parser = EnvParser(prog="test")
+    parser = EnvParser(environ=os.environ, prog="test")
     parser.switch("--manage", env="TEST_MANAGE", help="manage it")
     return parser
 

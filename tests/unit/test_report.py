@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from discovery.lab import SCENARIO, check_report
+from tools.lab import SCENARIO, check_report
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = (ROOT / "REPORT.md").read_text()

@@ -1,0 +1,3 @@
+from discovery.register.main import main
+
+raise SystemExit(main())

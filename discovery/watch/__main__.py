@@ -1,0 +1,3 @@
+from discovery.watch.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Tooling for people working on the project; not shipped in any runtime image."""
