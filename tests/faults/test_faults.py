@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 STACK = ComposeStack("discovery-faults")
 HTTP = STACK.http  # a free loopback port
-MASTER = "from discovery.haproxy import MasterCLI; from pathlib import Path; import asyncio; "
+MASTER = "from discovery.haproxy.sockets import MasterCLI; from pathlib import Path; import asyncio; "
 PROCESSES = MASTER + "t = asyncio.run(MasterCLI(Path('/run/haproxy/master.sock')).processes()); "
 
 
