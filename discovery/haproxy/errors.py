@@ -11,6 +11,11 @@ class HAProxyUnreachable(HAProxyError):
     """Nothing listens on the socket (no file, or connection refused): HAProxy does not run."""
 
 
+class SocketRefused(HAProxyUnreachable):
+    """The socket file is there but nothing accepts on it: HAProxy gone, or its master between
+    two lives (it re-executes itself on every reload)."""
+
+
 class ReloadFailed(HAProxyError):
     """HAProxy refused to load the new config and kept its previous workers."""
 

@@ -1,7 +1,11 @@
+import asyncio
+import socket
+import time
+
 import pytest
 
 from discovery.haproxy.errors import HAProxyError, HAProxyUnreachable
-from discovery.haproxy.sockets import HAProxySockets, ProcessTable, RuntimeAPI
+from discovery.haproxy.sockets import HAProxySockets, MasterCLI, ProcessTable, RuntimeAPI
 from discovery.model import ServerKey
 
 SHOW_PROC_26 = (
@@ -77,3 +81,48 @@ async def test_a_runtime_command_names_the_server_backend_slash_server(tmp_path)
         await RuntimeAPI(tmp_path / "none.sock").set_state(ServerKey("be_web", "web-1"), "drain")
     with pytest.raises(HAProxyError, match="separator"):
         await RuntimeAPI(tmp_path / "none.sock").set_state(ServerKey("be_web", "x;y"), "drain")
+
+
+async def test_a_master_between_two_lives_is_waited_for_not_taken_for_gone(tmp_path):
+    """The master re-executes itself on a reload: its socket refuses for a moment, then answers."""
+    path = tmp_path / "master.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))  # the file is there, nothing accepts yet: connect() is refused
+
+    async def come_back() -> None:
+        await asyncio.sleep(0.3)
+        listener.close()
+        path.unlink()
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(SHOW_PROC_26.encode())
+            writer.close()
+
+        servers.append(await asyncio.start_unix_server(answer, str(path)))
+
+    servers: list[asyncio.Server] = []
+    back = asyncio.create_task(come_back())
+    try:
+        table = await MasterCLI(path, reexec_grace=5.0).processes()
+    finally:
+        await back
+        servers[0].close()
+    assert table.master_reloads == 1
+
+
+async def test_a_socket_nobody_accepts_on_is_unreachable_after_the_grace(tmp_path):
+    path = tmp_path / "master.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))  # HAProxy gone, its socket file left behind
+        started = time.monotonic()
+        with pytest.raises(HAProxyUnreachable, match="refused"):
+            await MasterCLI(path, reexec_grace=0.3).processes()
+        assert 0.3 <= time.monotonic() - started < 2
+
+
+async def test_no_socket_file_is_unreachable_at_once(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(HAProxyUnreachable):
+        await MasterCLI(tmp_path / "none.sock", reexec_grace=5.0).processes()
+    assert time.monotonic() - started < 1
