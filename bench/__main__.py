@@ -1,9 +1,11 @@
 """The benchmark: the physical floor, this project and the lab's Serf design, in one run.
 
-    bash bench/run [--quick]        (sets itself up; see README)
+    bash bench/run [--quick]        (sets itself up; see docs/operations.md)
 
 Prints a table, writes bench/results/results.json and bench/results/latency.png, and rewrites
-bench/RESULTS.md with the table, the date and the machine.
+bench/RESULTS.md with the table, the commit measured, the date and the machine. `--quick` is a
+smoke run (CI runs it): few samples, written to bench/results/quick/ only, never quoted. Either
+way the run fails (exit 1) when a row is missing or a measurement could not be taken.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tests.support import require
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+HOLD = 15.0  # the watcher's default --shrink-hold
 
 
 def log(line: str) -> None:
@@ -44,11 +47,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run, not for RESULTS.md)")
     parser.add_argument("--skip-serf", action="store_true", help="leave out the Serf baseline")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where results.json and latency.png go (default bench/results, or bench/results/quick)")
     args = parser.parse_args(argv)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     n = 20 if args.quick else 200
     for binary in ("consul", "haproxy", "docker") + (() if args.skip_serf else ("serf",)):
         require(binary)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    commit = _commit()
+    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     samples: dict[str, list[float]] = {}
     figures: dict[str, object] = {}
@@ -59,24 +66,28 @@ def main(argv: list[str] | None = None) -> int:
         samples |= floor.measure_floor(agent.client, workdir, n)
         summary(samples)
 
+        apps = WebApps()
+        stack.callback(apps.stop_all)
         # This watcher stops before the scale test: two watchers' 101 blocking queries each would
-        # pass Consul's 200 connections per client (limits.http_max_conns_per_client).
-        with watcher_process(workdir, agent.address, "--wait-min", "100ms", "--wait-max", "1s",
-                             "--max-reloads-per-minute", "1000", name="bench-watch") as watcher, \
-                contextlib.ExitStack() as apps_stack:
-            apps = WebApps()
-            apps_stack.callback(apps.stop_all)
-            log(f"[bench] project: passing → routable, deregister → last request ({n} each)")
-            found = project.passing_and_deregister(agent.client, watcher, apps.start("probe"), n, log)
+        # pass Consul's 200 connections per client (limits.http_max_conns_per_client). It runs with
+        # the defaults users get (coalescing, shrink guard, reload cap).
+        with watcher_process(workdir, agent.address, *scale.DEFAULTS, name="bench-watch") as watcher:
+            log(f"[bench] project: passing → routable, deregister → last request ({n} each, "
+                f"services of {project.BASE + 1} instances)")
+            found = project.passing_and_deregister(agent.client, watcher, apps, n, log)
             summary(found)
             samples |= found
+
+            rounds = 1 if args.quick else 3
+            log(f"[bench] project: a large shrink held by the guard, then applied ({rounds} rounds of ~15 s)")
+            samples["held_shrink_applied"] = project.held_shrink(agent.client, watcher, apps, rounds, HOLD, log)
 
             log(f"[bench] project: ready → routable, kill → out of rotation ({n} containers)")
             image = _webapp_image()
             docker_client = docker.from_env()
             stack.callback(docker_client.close)
             with project.registrator(agent.address, workdir):
-                found = project.ready_and_kill(agent.client, docker_client, image, watcher, n, log)
+                found = project.ready_and_kill(agent.client, docker_client, image, watcher, apps, n, log)
             summary(found)
             samples |= found
 
@@ -88,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log("[bench] scale: 1000 instances over 100 services")
         figures["scale"] = scale.measure_scale(agent.client, agent.port, workdir, changes=10 if args.quick else 40,
-                                               idle=15 if args.quick else 60, log=log)
+                                               idle=15 if args.quick else 60, apps=apps, log=log)
         if not args.skip_serf:
             from bench.serf import measure_serf  # the baseline's own prerequisites: serf
 
@@ -98,17 +109,30 @@ def main(argv: list[str] | None = None) -> int:
             samples |= {f"serf_{key}": values for key, values in serf.items()}
 
     machine = f"{platform.node()}: {_cpu()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB, {platform.platform()}"
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "machine": machine,
-              "quick": args.quick, "seconds": round(time.time() - started), "samples": samples, "figures": figures}
-    (RESULTS / "results.json").write_text(json.dumps(result, indent=2))
+    result = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+              "machine": machine, "quick": args.quick, "skip_serf": args.skip_serf,
+              "seconds": round(time.time() - started), "samples": samples, "figures": figures}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
     table = report.table(result)
     print(table)
-    report.plot(samples, RESULTS / "latency.png")
-    if not args.quick:
+    report.plot(samples, out / "latency.png")
+    problems = report.missing(result)
+    if problems:
+        log("[bench] FAILED: " + "; ".join(problems))
+        return 1
+    if not args.quick and args.out is None:
         (ROOT / "bench" / "RESULTS.md").write_text(report.markdown(result, table))
-    log(f"[bench] done in {result['seconds']} s: bench/results/results.json, bench/results/latency.png"
-        + ("" if args.quick else ", bench/RESULTS.md"))
+    log(f"[bench] done in {result['seconds']} s: {out / 'results.json'}"
+        + ("" if args.quick or args.out else ", bench/RESULTS.md"))
     return 0
+
+
+def _commit() -> str:
+    """The commit measured; `+changes` when the code measured differs from it."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "discovery", "bench", "images", "compose.yaml",
+                            "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 def _webapp_image() -> str:

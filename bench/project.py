@@ -1,15 +1,27 @@
-"""This project, measured from the outside on real processes.
+"""This project, measured from the outside on real processes, with the settings users get.
+
+Every measured service has BASE instances that stay (web apps on loopback, registered passing):
+a measured arrival is BASE → BASE + 1 and a departure BASE + 1 → BASE, an ordinary membership
+change under the default shrink guard (more than 50 % lost at once is held, ADR 0007), never a
+new backend (a reload).
 
 - passing → routable: an instance is registered already passing (the registrator's path for a
-  ready container); until the first request through HAProxy is served by it.
+  ready container); until the first request through HAProxy is served by it. Requests are
+  balanced round robin over BASE + 1 servers, so the poll that finds it may come up to BASE
+  requests (≈ 1 ms on loopback) after it became routable.
 - deregister → last request: the instance is deregistered; until the last request it serves.
 - ready → routable: a web app container starts; from the moment its /health first answers
   (polled directly) until the first request through HAProxy is served by it. Docker events, the
   registrator's probe, Consul and the watcher are all inside this figure.
 - kill → out of rotation: `docker kill` (SIGKILL) of a container; until HAProxy's running config
   no longer sends it requests (its server drains or is gone).
+- a large shrink, held: BASE of BASE + 1 instances leave at once (more than half): the guard
+  keeps them until Consul has said it for --shrink-hold, then applies it; from the deregistration
+  until HAProxy no longer has them in rotation.
 
-Changes are spaced beyond the watcher's --wait-min so that each is a lone change.
+Changes are spaced beyond the watcher's --wait-min so that each is a lone change. Any sample that
+cannot be taken (an instance never seen, never gone) ends the run with an error: no figure is
+ever recorded for something that did not happen.
 """
 
 from __future__ import annotations
@@ -28,46 +40,100 @@ import docker
 
 from bench.probe import LastSeen, first_time, tag_of
 from discovery.haproxy.sockets import RuntimeAPI
-from tests.processes import Watcher
+from tests.processes import Watcher, WebApps
 from tests.support import get_json, stop_process, wait_until
 
-SPACING = 0.15  # seconds between changes: more than the watcher's --wait-min (100ms in the bench)
+BASE = 3  # instances of every measured service that stay
+SPACING = 0.3  # seconds between changes: more than the watcher's --wait-min (200ms, the default)
+TIMEOUT = 10.0  # longest a lone change may take before the run fails (its figures are in ms)
 
 
-def anchor(client: consul.Consul, watcher: Watcher, service: str, host: str) -> None:
-    """Keep `service` (and so its backend) in the catalog with one instance that never passes:
-    every measured change is then a membership change, never a new backend (a reload)."""
-    client.agent.service.register(service, service_id=f"{service}-anchor", address="127.0.0.1", port=1,
-                                  tags=["lb", f"lb.host={host}"], check={"TTL": "1h", "Status": "critical"})
-    wait_until(lambda: f"backend be_{service}" in watcher.config, f"the {service} backend")
+class BenchError(RuntimeError):
+    """A sample could not be taken: the run fails rather than record a figure for it."""
 
 
-def passing_and_deregister(client: consul.Consul, watcher: Watcher, app_port: int, iterations: int,
+def steady(client: consul.Consul, watcher: Watcher, apps: WebApps, service: str, host: str) -> set[str]:
+    """`service` with BASE passing instances that stay: web apps on loopback tagged `<service>-base-k`."""
+    tags = set()
+    for k in range(BASE):
+        tag = f"{service}-base-{k}"
+        client.agent.service.register(service, service_id=tag, address="127.0.0.1", port=apps.start(tag),
+                                      tags=["lb", f"lb.host={host}"], check={"TTL": "1h", "Status": "passing"})
+        tags.add(tag)
+    wait_until(lambda: serving(watcher, service) >= tags, f"the {BASE} instances of {service}", timeout=30)
+    return tags
+
+
+def serving(watcher: Watcher, service: str) -> set[str]:
+    """The servers of `service`'s backend that HAProxy sends requests to now (UP, not draining)."""
+    stats = asyncio.run(RuntimeAPI(watcher.sockets / "admin.sock").stats())
+    return {key.server for key, live in stats.items()
+            if key.backend == f"be_{service}" and live.status.startswith("UP")}
+
+
+def passing_and_deregister(client: consul.Consul, watcher: Watcher, apps: WebApps, iterations: int,
                            log: Callable[[str], None]) -> dict[str, list[float]]:
     host = "probe.bench"
-    anchor(client, watcher, "probe", host)
+    steady(client, watcher, apps, "probe", host)
+    app_port = apps.start("probe")
     routable, gone = [], []
     for i in range(iterations):
         service_id = f"probe-{i}"
         started = time.perf_counter()
         client.agent.service.register("probe", service_id=service_id, address="127.0.0.1", port=app_port,
                                       tags=["lb", f"lb.host={host}"], check={"TTL": "1h", "Status": "passing"})
-        served = first_time(lambda: tag_of(watcher.http_port, host) == "probe", timeout=10)
+        served = first_time(lambda: tag_of(watcher.http_port, host) == "probe", timeout=TIMEOUT)
         if served is None:
-            raise RuntimeError(f"instance {service_id} never became routable")
+            raise BenchError(f"instance {service_id} never became routable")
         routable.append(served - started)
         time.sleep(SPACING)
         with LastSeen(watcher.http_port, host) as seen:
             time.sleep(0.02)
             started = time.perf_counter()
             client.agent.service.deregister(service_id)
-            wait_until(lambda: tag_of(watcher.http_port, host) is None, "the instance to stop serving", timeout=10)
+            if first_time(lambda sid=service_id: sid not in serving(watcher, "probe"), timeout=TIMEOUT,
+                          every=0.002) is None:
+                raise BenchError(f"instance {service_id} still in rotation {TIMEOUT:g} s after its deregistration")
             time.sleep(0.05)
-        gone.append(max(0.0, seen.last.get("probe", started) - started))
+        last = seen.last.get("probe")
+        if last is None or last < started - 1:
+            raise BenchError(f"instance {service_id} never seen serving while it was deregistered")
+        gone.append(max(0.0, last - started))
         time.sleep(SPACING)
         if (i + 1) % 50 == 0:
             log(f"  passing/deregister: {i + 1}/{iterations}")
     return {"passing_to_routable": routable, "deregister_to_last_request": gone}
+
+
+def held_shrink(client: consul.Consul, watcher: Watcher, apps: WebApps, rounds: int, hold: float,
+                log: Callable[[str], None]) -> list[float]:
+    """BASE of BASE + 1 instances leave at once (the Consul node that held them deregistered, one
+    Raft write, as when a host is lost): seconds until HAProxy no longer has them in rotation."""
+    host, node = "shrink.bench", "bench-lost-host"
+    stays = "shrink-stays"
+    client.agent.service.register("shrink", service_id=stays, address="127.0.0.1", port=apps.start(stays),
+                                  tags=["lb", f"lb.host={host}"], check={"TTL": "1h", "Status": "passing"})
+    leaving = {f"shrink-{k}": apps.start(f"shrink-{k}") for k in range(BASE)}
+    applied = []
+    for r in range(rounds):
+        for service_id, port in leaving.items():  # no check: passing as far as Consul's health API says
+            client.catalog.register(node, "127.0.0.1", service={
+                "Service": "shrink", "ID": service_id, "Address": "127.0.0.1", "Port": port,
+                "Tags": ["lb", f"lb.host={host}"]})
+        wait_until(lambda: serving(watcher, "shrink") >= {stays, *leaving}, "the 4 instances of shrink", timeout=30)
+        time.sleep(SPACING)
+        started = time.perf_counter()
+        client.catalog.deregister(node)
+        time.sleep(hold / 2)
+        if len(serving(watcher, "shrink") & leaving.keys()) != BASE:
+            raise BenchError("the large shrink was not held: the guard let it through at once")
+        done = first_time(lambda: not serving(watcher, "shrink") & leaving.keys(), timeout=hold + TIMEOUT,
+                          every=0.01)
+        if done is None:
+            raise BenchError(f"the held shrink was not applied within {hold + TIMEOUT:g} s")
+        applied.append(done - started)
+        log(f"  held shrink {r + 1}/{rounds}: applied {applied[-1]:.2f} s after the loss")
+    return applied
 
 
 @contextlib.contextmanager
@@ -84,9 +150,9 @@ def registrator(consul_address: str, workdir: Path) -> Iterator[subprocess.Popen
 
 
 def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, image: str, watcher: Watcher,
-                   iterations: int, log: Callable[[str], None]) -> dict[str, list[float]]:
+                   apps: WebApps, iterations: int, log: Callable[[str], None]) -> dict[str, list[float]]:
     host = "ready.bench"
-    anchor(client, watcher, "ready", host)
+    steady(client, watcher, apps, "ready", host)
     runtime = RuntimeAPI(watcher.sockets / "admin.sock")
     labels = {"discovery.service": "ready", "discovery.port": "3000", "discovery.tags": f"lb,lb.host={host}",
               "discovery.check.interval": "5s", "discovery-bench": "1"}
@@ -99,7 +165,7 @@ def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, im
             ready = first_time(lambda address=address: _answers(address), timeout=30)
             served = first_time(lambda tag=f"r{i}": tag_of(watcher.http_port, host) == tag, timeout=30)
             if ready is None or served is None:
-                raise RuntimeError(f"container {i} never became {'ready' if ready is None else 'routable'}")
+                raise BenchError(f"container {i} never became {'ready' if ready is None else 'routable'}")
             routable.append(served - ready)
             time.sleep(SPACING)
             server = f"ready-{container.id[:12]}"
@@ -111,7 +177,7 @@ def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, im
             removed = first_time(lambda server=server: not asyncio.run(_in_rotation(runtime, server)), timeout=30,
                                  every=0.002)
             if removed is None:
-                raise RuntimeError(f"{server} stayed in rotation after its kill")
+                raise BenchError(f"{server} stayed in rotation after its kill")
             out.append(removed - started)
             killer.join(30)
         finally:

@@ -17,8 +17,13 @@ from pathlib import Path
 
 import consul
 
-from tests.processes import watcher_process
+from bench.probe import first_time, tag_of
+from discovery.haproxy.sockets import RuntimeAPI
+from tests.processes import Watcher, WebApps, watcher_process
 from tests.support import free_port, wait_until
+
+# The watcher as users run it: its default coalescing (the test helper's own is faster).
+DEFAULTS = ("--wait-min", "200ms", "--wait-max", "2s")
 
 SERVICES, PER_SERVICE = 100, 10
 
@@ -99,12 +104,11 @@ def populated(client: consul.Consul) -> Iterator[None]:
 
 
 def measure_scale(client: consul.Consul, consul_port: int, workdir: Path, changes: int, idle: float,
-                  log: Callable[[str], None]) -> dict[str, object]:
+                  apps: WebApps, log: Callable[[str], None]) -> dict[str, object]:
     scale_dir = workdir / "scale"
     scale_dir.mkdir(exist_ok=True)
     with populated(client), CountingProxy(consul_port) as proxy, \
-            watcher_process(scale_dir, f"http://127.0.0.1:{proxy.port}", "--wait-min", "100ms",
-                            "--max-reloads-per-minute", "1000", name="scale") as watcher:
+            watcher_process(scale_dir, f"http://127.0.0.1:{proxy.port}", *DEFAULTS, name="scale") as watcher:
         wait_until(lambda: "1000 instances in 100 services" in watcher.log_text(), "the full config", timeout=120)
         full = _applied_ms(watcher.log_text(), r"in ([\d.]+) ms \([^)]*1000 instances in 100 services\)")[0]
         log(f"  full apply of 1000 instances: {full:.0f} ms")
@@ -121,14 +125,45 @@ def measure_scale(client: consul.Consul, consul_port: int, workdir: Path, change
             client.agent.service.deregister(f"{service}-{PER_SERVICE}")
             one.append(_next_change(watcher.log_text, before, f"-{service}-{PER_SERVICE}"))
             time.sleep(0.15)
+        outside = _outside(client, watcher, apps, changes // 2 or 1)
+        log(f"  one change at full size, through HAProxy: p50 {sorted(outside)[len(outside) // 2] * 1000:.1f} ms")
         rss = _rss_mib(watcher.process.pid)
         time.sleep(2)  # let the last changes' blocking queries re-park
         before = proxy.requests
         log(f"  idle for {idle:.0f} s, counting requests to Consul")
         time.sleep(idle)
         per_minute = (proxy.requests - before) * 60 / idle
-    return {"full_apply_ms": full, "one_change_ms": one, "watcher_rss_mib": rss,
-            "consul_requests_per_minute_idle": per_minute, "blocking_queries": SERVICES + 1}
+    return {"full_apply_ms": full, "one_change_ms": one, "one_change_outside_s": outside, "watcher_rss_mib": rss,
+            "consul_requests_per_minute_idle": per_minute, "blocking_queries": SERVICES + 1, "idle_seconds": idle}
+
+
+def _outside(client: consul.Consul, watcher: Watcher, apps: WebApps, rounds: int) -> list[float]:
+    """One instance added at full size, seen from outside: from its registration (passing) until
+    the first request through HAProxy that it serves. The service's 10 other instances answer
+    nothing: once HAProxy's checks have them down, every request reaches the new one."""
+    service, host = "svc000", "svc000.bench"
+    wait_until(lambda: _down(watcher, service) >= PER_SERVICE, f"{service}'s silent instances down", timeout=30)
+    port = apps.start("scale-probe")
+    samples = []
+    for r in range(rounds):
+        service_id = f"{service}-probe-{r}"
+        started = time.perf_counter()
+        client.agent.service.register(service, service_id=service_id, address="127.0.0.1", port=port,
+                                      tags=["lb", f"lb.host={host}"], check={"TTL": "1h", "Status": "passing"})
+        served = first_time(lambda: tag_of(watcher.http_port, host) == "scale-probe", timeout=10)
+        if served is None:
+            raise RuntimeError(f"{service_id} never became routable at full size")
+        samples.append(served - started)
+        time.sleep(0.3)
+        client.agent.service.deregister(service_id)
+        wait_until(lambda sid=service_id: sid not in watcher.config, f"{service_id} to leave", timeout=10)
+        time.sleep(0.3)
+    return samples
+
+
+def _down(watcher: Watcher, service: str) -> int:
+    stats = asyncio.run(RuntimeAPI(watcher.sockets / "admin.sock").stats())
+    return sum(1 for key, live in stats.items() if key.backend == f"be_{service}" and live.status.startswith("DOWN"))
 
 
 def _next_change(log: Callable[[], str], before: int, what: str) -> float:

@@ -1,14 +1,20 @@
 """The fault suite's summary: each case records one row; the table is printed at the end of the
-run and written to build/faults-results.md (tests/faults/RESULTS.md keeps a copy from a run)."""
+run, and build/faults/results.json (with the commit and the machine) and build/faults/RESULTS.md
+are written (tests/faults/ keeps one run's copy of both, see report.py)."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.faults import report
+
+STARTED = time.monotonic()
 ROWS: list[FaultRow] = []
 
 
@@ -27,17 +33,14 @@ def record() -> Callable[..., None]:
     return lambda *cells: ROWS.append(FaultRow(*cells))
 
 
-def table() -> str:
-    lines = ["| fault | load | failed requests | recovery | lost registrations |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r.fault} | {r.load} | {r.failed} | {r.recovery} | {r.lost} |" for r in ROWS]
-    return "\n".join(lines)
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not ROWS:
         return
+    rows = [dict(zip(report.COLUMNS, (r.fault, r.load, r.failed, r.recovery, r.lost), strict=True)) for r in ROWS]
     terminalreporter.section("fault matrix")
-    terminalreporter.write_line(table())
-    out = Path(__file__).resolve().parents[2] / "build" / "faults-results.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(table() + "\n")
+    terminalreporter.write_line(report.table(rows))
+    result = report.results(rows, time.monotonic() - STARTED)
+    out = Path(__file__).resolve().parents[2] / "build" / "faults"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "RESULTS.md").write_text(report.page(result))
