@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from pathlib import Path
 import docker
 
 from bench import floor, load, project, report, scale
+from tests import provenance
 from tests.processes import WebApps, consul_dev, watcher_process
 from tests.support import require
 
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     n = 20 if args.quick else 200
     for binary in ("consul", "haproxy", "docker") + (() if args.skip_serf else ("serf",)):
         require(binary)
-    commit = _commit()
+    commit = provenance.commit()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     samples: dict[str, list[float]] = {}
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             serf = measure_serf(counts, workdir / "serf", log)
             samples |= {f"serf_{key}": values for key, values in serf.items()}
 
-    machine = f"{platform.node()}: {_cpu()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB, {platform.platform()}"
+    machine = provenance.machine()
     result = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
               "machine": machine, "quick": args.quick, "skip_serf": args.skip_serf,
               "seconds": round(time.time() - started), "samples": samples, "figures": figures}
@@ -127,33 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _commit() -> str:
-    """The commit measured; `+changes` when the code measured differs from it."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "discovery", "bench", "images", "compose.yaml",
-                            "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    return head.stdout.strip() + ("+changes" if dirty else "")
-
-
 def _webapp_image() -> str:
     tag = "discovery/webapp:bench"
     subprocess.run(["docker", "build", "-q", "-f", "images/Dockerfile", "--target", "webapp", "-t", tag, "."],
                    cwd=ROOT, check=True, capture_output=True)
     return tag
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def _memory_gib() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) / 1024 / 1024
-    return 0.0
 
 
 if __name__ == "__main__":

@@ -50,4 +50,3 @@ class LastSeen(Background):
             tag = tag_of(self.port, self.host_header)
             if tag is not None:
                 self.last[tag] = time.perf_counter()
-

@@ -93,7 +93,7 @@ def populated(client: consul.Consul) -> Iterator[None]:
     for s in range(SERVICES):
         for i in range(PER_SERVICE):
             client.agent.service.register(f"svc{s:03d}", service_id=f"svc{s:03d}-{i}", address=f"127.0.{s}.{i + 1}",
-                                          port=8000 + i, tags=["lb", f"lb.host=svc{s:03d}.bench"],
+                                          port=1, tags=["lb", f"lb.host=svc{s:03d}.bench"],
                                           check={"TTL": "1h", "Status": "passing"})
     try:
         yield

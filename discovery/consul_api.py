@@ -138,7 +138,6 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-
 def connect(address: ConsulAddress, token: str | None, timeout: float) -> consul.aio.Consul:
     """A Consul client; must be created inside the running event loop (aiohttp's rule)."""
     return consul.aio.Consul(

@@ -41,7 +41,6 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
         os.close(dir_fd)
 
 
-
 def write_secret(path: Path, text: str, mode: int) -> None:
     """Write atomically with `mode` (the temporary file is owner-only until then), creating the
     directory if needed."""

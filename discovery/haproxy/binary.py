@@ -37,7 +37,6 @@ async def validate(text: str, haproxy_bin: str = "haproxy", directory: Path | No
         raise ConfigInvalid(detail or f"haproxy -c exited with {process.returncode}")
 
 
-
 class ManagedHAProxy:
     """An HAProxy master process owned by the watcher (`--manage-haproxy`)."""
 

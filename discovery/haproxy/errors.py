@@ -22,4 +22,3 @@ class ReloadFailed(HAProxyError):
 
 class ConfigInvalid(HAProxyError):
     """`haproxy -c` rejected a candidate configuration; the message holds its diagnostics."""
-

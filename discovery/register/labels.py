@@ -126,5 +126,3 @@ def _address(attrs: dict[str, Any], network: str | None) -> str:
     if not addr:
         raise NotRegistrable("the container has no IP address (host network or not started)")
     return str(addr)
-
-

@@ -91,5 +91,3 @@ def main(argv: list[str] | None = None) -> int:
     config, level = parse_args(argv, os.environ)
     cli.setup_logging(level)
     return cli.run(lambda: serve(config))
-
-

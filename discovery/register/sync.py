@@ -53,4 +53,3 @@ def same(wanted: Registration, current: dict[str, Any] | None) -> bool:
         and sorted(current.get("Tags") or []) == list(wanted.tags)
         and (current.get("Meta") or {}) == wanted.meta
     )
-

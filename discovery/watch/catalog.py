@@ -179,5 +179,3 @@ class Catalog:
         )
         metrics.CHANGES_SEEN.inc()
         self.publish(snapshot, reason)
-
-

@@ -76,6 +76,15 @@ class Refusal:
         return self.reason if self.kind == "default" else f"service {self.service!r}: {self.reason}"
 
 
+class Unroutable(InvalidValue):
+    """The catalog as a whole cannot be served (e.g. two instances that would share one server
+    name); `refusals` holds what was refused on the way, for the caller to say all the same."""
+
+    def __init__(self, error: InvalidValue, refusals: list[Refusal]) -> None:
+        super().__init__(str(error))
+        self.refusals = refusals
+
+
 def parse_routes(tags: Iterable[str], prefix: str) -> tuple[tuple[Route, ...], bool, list[str]]:
     """Routes and the default flag from a service's tags, plus a reason for each tag refused."""
     routes: list[Route] = []
@@ -123,4 +132,7 @@ def desired_state(catalog: Iterable[CatalogEntry], policy: RoutingPolicy) -> tup
             "default", keep, f"services {', '.join(s.name for s in defaults)} are all tagged "
             f"{policy.tag_prefix}.default: using {keep} (set --default-service to choose)"))
         services = [Service(s.name, s.instances, s.routes, s.name == keep) for s in services]
-    return DesiredState(tuple(services)), refusals
+    try:
+        return DesiredState(tuple(services)), refusals
+    except InvalidValue as error:
+        raise Unroutable(error, refusals) from error

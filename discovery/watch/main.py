@@ -160,6 +160,10 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str],
         parser.error(str(error))
     if not os.access(output.parent, os.W_OK) and not config.dry_run:
         parser.error(f"--output {output}: directory {output.parent} is not writable")
+    keep = config.new_stats_password_file
+    if keep is not None and not os.access(keep.parent, os.W_OK):
+        parser.error(f"--stats-password-file {keep}: directory {keep.parent} is missing or not writable "
+                     "(a new password must be kept there)")
     return config, args.log_level
 
 

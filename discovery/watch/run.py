@@ -17,12 +17,11 @@ from discovery.haproxy.binary import ManagedHAProxy
 from discovery.haproxy.config import DEFAULT_TEMPLATE
 from discovery.haproxy.errors import HAProxyError
 from discovery.haproxy.sockets import HAProxySockets
-from discovery.model import InvalidValue
 from discovery.watch.applier import APPLY_ERRORS, Applier
 from discovery.watch.catalog import Catalog
 from discovery.watch.coalesce import Mailbox, apply_at, burst_span
 from discovery.watch.config import WatcherConfig, save_new_stats_password
-from discovery.watch.desired import Refusal, desired_state
+from discovery.watch.desired import Refusal, Unroutable, desired_state
 from discovery.watch.guard import ShrinkGuard, Verdict
 
 log = logging.getLogger("discovery.watch")
@@ -36,7 +35,8 @@ async def watch(config: WatcherConfig) -> int:
     if config.once or config.dry_run:
         return await once(config)
     settings = config.apply
-    save_new_stats_password(config)
+    if not keep_stats_password(config):
+        return cli.EXIT_FATAL
     client = connect(config.consul, config.token, config.rules.client_timeout)
     managed = (
         ManagedHAProxy(settings.haproxy_bin, settings.output, config.master_socket) if config.manage_haproxy else None
@@ -83,6 +83,17 @@ async def watch(config: WatcherConfig) -> int:
     return cli.EXIT_OK
 
 
+def keep_stats_password(config: WatcherConfig) -> bool:
+    """Save a password made up at this start; False (fatal) when it cannot be kept: HAProxy must
+    never be given a password nobody can read back."""
+    try:
+        save_new_stats_password(config)
+    except OSError as error:
+        log.error("fatal: cannot keep the new stats password in %s: %s", config.new_stats_password_file, error)
+        return False
+    return True
+
+
 def haproxy_sockets(config: WatcherConfig) -> HAProxySockets:
     """The one set of handles on HAProxy: the master socket given, the Runtime API socket the
     rendered config creates."""
@@ -115,7 +126,8 @@ async def _apply_loop(
             continue
         try:
             state, refusals = desired_state(snapshot, config.policy)
-        except InvalidValue as error:  # e.g. two instances that would share one server name
+        except Unroutable as error:  # e.g. two instances that would share one server name
+            say_refusals(error.refusals)
             log.error("not applied, keeping the last good config: %s", error)
             continue
         say_refusals(refusals)
@@ -198,7 +210,8 @@ async def once(config: WatcherConfig) -> int:
     assert snapshot is not None
     try:
         state, refusals = desired_state(snapshot, config.policy)
-    except InvalidValue as error:
+    except Unroutable as error:
+        say_refusals(error.refusals)
         log.error("the catalog cannot be rendered: %s", error)
         return EXIT_INVALID_CONFIG
     say_refusals(refusals)
@@ -216,7 +229,8 @@ async def once(config: WatcherConfig) -> int:
             fromfile=str(output), tofile=f"{output} (rendered)",
         ))
         return cli.EXIT_OK
-    save_new_stats_password(config)
+    if not keep_stats_password(config):
+        return cli.EXIT_FATAL
     if config.master_socket.exists():
         await applier.attach()
     return cli.EXIT_OK if (await applier.apply(state, reasons)).ok else EXIT_INVALID_CONFIG

@@ -4,14 +4,12 @@ tests/unit/test_figures.py checks that the page is exactly what its results.json
 
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import provenance
+
 COLUMNS = ("fault", "load", "failed", "recovery", "lost")
 
 # The page around the table: where each case runs and the bounds it asserts (stated by the tests,
@@ -19,23 +17,9 @@ COLUMNS = ("fault", "load", "failed", "recovery", "lost")
 PAGE = Path(__file__).with_name("page.md")
 
 
-def commit() -> str:
-    """The commit measured; `+changes` when the code differs from it."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "discovery", "tests", "images", "compose.yaml",
-                            "demo"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return (head.stdout.strip() or "unknown") + ("+changes" if dirty else "")
-
-
-def machine() -> str:
-    memory = next((int(line.split()[1]) / 1024 / 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal:")), 0.0)
-    return f"{platform.node()}: {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}"
-
-
 def results(rows: list[dict[str, str]], seconds: float) -> dict[str, Any]:
-    return {"commit": commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "seconds": round(seconds), "rows": rows}
+    return {"commit": provenance.commit(), "machine": provenance.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(seconds), "rows": rows}
 
 
 def table(rows: list[dict[str, str]]) -> str:

@@ -295,7 +295,7 @@ SERVER = re.compile(rf"    server [A-Za-z0-9][A-Za-z0-9_.:-]{{0,99}} (?:([0-9.]{
 HOST_ACL = r"\{ req\.hdr\(host\),field\(1,:\) -i ([a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?) \}"
 PATH_ACL = r"\{ path_beg (/[A-Za-z0-9._~/-]{0,200}) \}"
 USE = re.compile(rf"    use_backend (be_[A-Za-z0-9_.-]{{1,63}}) if (?:{HOST_ACL} {PATH_ACL}|{HOST_ACL}|{PATH_ACL})")
-LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) *[a-z.]+: .*")
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) *[a-z_.]+: .*")
 
 
 def sections(text: str) -> tuple[list[str], list[tuple[str, list[str]]]]:

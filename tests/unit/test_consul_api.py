@@ -11,7 +11,6 @@ from discovery.consul_api import QueryRules, follow_index, next_index, read_answ
 FAST = QueryRules(wait=1.0, min_interval=0.001, backoff_base=0.001, backoff_max=0.001)
 
 
-
 @pytest.mark.parametrize(
     ("previous", "returned", "expected"),
     [
@@ -27,7 +26,6 @@ def test_next_index_follows_consuls_rules(previous, returned, expected):
     assert next_index(previous, returned) == expected
 
 
-
 @pytest.mark.parametrize(
     ("failures", "ceiling"),
     [(1, 0.2), (2, 0.4), (3, 0.8), (5, 3.2), (6, 5.0), (10_000, 5.0)],
@@ -39,7 +37,6 @@ def test_backoff_jitter_spans_half_the_ceiling_to_the_ceiling(monkeypatch, failu
     assert rules.backoff(failures) == pytest.approx(ceiling * share)
 
 
-
 @pytest.mark.parametrize("failures", [1, 4, 30])
 def test_backoff_stays_within_bounds_with_real_jitter(failures):
     rules = QueryRules(backoff_base=0.2, backoff_max=5.0)
@@ -49,11 +46,9 @@ def test_backoff_stays_within_bounds_with_real_jitter(failures):
     assert len(set(delays)) > 1  # jittered, so that watchers do not retry in step
 
 
-
 @pytest.mark.parametrize("wait", [1.0, 55.0, 600.0])
 def test_client_timeout_outlasts_consuls_longest_hold(wait):
     assert QueryRules(wait=wait).client_timeout > wait * 17 / 16
-
 
 
 class ScriptedFetch:
@@ -73,7 +68,6 @@ class ScriptedFetch:
         return step
 
 
-
 async def take(fetch, count):
     stream = follow_index(fetch, "test", FAST)
     try:
@@ -82,12 +76,10 @@ async def take(fetch, count):
         await stream.aclose()
 
 
-
 async def test_yields_only_when_the_data_changes():
     fetch = ScriptedFetch((3, "a"), (4, "a"), (5, "b"))
     assert await take(fetch, 2) == ["a", "b"]
     assert fetch.indexes == [0, 3, 4]
-
 
 
 async def test_spurious_wake_up_with_the_same_index_is_not_yielded():
@@ -96,19 +88,16 @@ async def test_spurious_wake_up_with_the_same_index_is_not_yielded():
     assert fetch.indexes == [0, 5, 5]
 
 
-
 async def test_index_going_backwards_starts_over_from_zero():
     fetch = ScriptedFetch((10, "a"), (4, "b"), (6, "c"))
     assert await take(fetch, 3) == ["a", "b", "c"]
     assert fetch.indexes == [0, 10, 0]
 
 
-
 async def test_sends_one_when_consul_returns_index_zero():
     fetch = ScriptedFetch((0, "a"), (2, "b"))
     assert await take(fetch, 2) == ["a", "b"]
     assert fetch.indexes == [0, 1]
-
 
 
 @pytest.mark.parametrize(
@@ -124,7 +113,6 @@ async def test_transient_error_is_retried_and_the_data_kept(error):
     assert fetch.indexes == [0, 3, 3, 3, 3]
 
 
-
 async def test_an_index_stuck_at_zero_is_rate_limited_and_changes_still_get_through(monkeypatch):
     pauses = []
 
@@ -138,14 +126,12 @@ async def test_an_index_stuck_at_zero_is_rate_limited_and_changes_still_get_thro
     assert pauses == [FAST.min_interval] * 3  # each answer that made no progress waits
 
 
-
 async def test_unexpected_error_is_not_swallowed():
     fetch = ScriptedFetch((3, "a"), KeyError("bug"))
     stream = follow_index(fetch, "test", FAST)
     assert await anext(stream) == "a"
     with pytest.raises(KeyError):
         await anext(stream)
-
 
 
 @pytest.mark.parametrize(("code", "headers", "body"), [
@@ -158,12 +144,10 @@ def test_an_error_or_unreadable_answer_is_a_consul_exception(code, headers, body
         read_answer(Response(code, headers, body))
 
 
-
 @pytest.mark.parametrize("headers", [{"X-Consul-Index": "9", "X-Consul-LastContact": "soon"}])
 def test_a_malformed_freshness_header_is_a_consul_exception_not_a_crash(headers):
     with pytest.raises(ConsulException, match="unreadable"):
         read_answer(Response(200, headers, "[]"))
-
 
 
 def test_a_refused_token_is_told_apart_from_an_outage():
@@ -171,9 +155,7 @@ def test_a_refused_token_is_told_apart_from_an_outage():
         read_answer(Response(403, {}, "ACL not found"))
 
 
-
 def test_an_answer_carries_its_freshness():
     answer = read_answer(Response(200, {"X-Consul-Index": "9", "X-Consul-LastContact": "1500",
                                         "X-Consul-KnownLeader": "false"}, "[]"))
     assert (answer.index, answer.data, answer.last_contact, answer.known_leader) == (9, [], 1.5, False)
-

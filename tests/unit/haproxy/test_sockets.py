@@ -20,7 +20,6 @@ SHOW_PROC_26 = (
 )
 
 
-
 SHOW_PROC_30 = (
     "#<PID>          <type>          <reloads>       <uptime>        <version>      \n"
     "8               master          3               0d00h12m40s     3.0.5-1\n"
@@ -29,7 +28,6 @@ SHOW_PROC_30 = (
     "# programs\n"
     "\n"
 )
-
 
 
 SHOW_PROC_FAILED = (
@@ -41,7 +39,6 @@ SHOW_PROC_FAILED = (
     "# old workers\n"
     "# programs\n"
 )
-
 
 
 @pytest.mark.parametrize(
@@ -57,7 +54,6 @@ def test_show_proc_is_parsed(text, expected):
     assert ProcessTable.parse(text) == expected
 
 
-
 @pytest.mark.parametrize(
     "text",
     ["", "Unknown command, but maybe one of the following ones is a better match:\n",
@@ -67,7 +63,6 @@ def test_show_proc_is_parsed(text, expected):
 def test_unexpected_show_proc_answer_raises(text):
     with pytest.raises(HAProxyError, match="show proc"):
         ProcessTable.parse(text)
-
 
 
 def test_the_handles_are_built_once_from_two_paths(tmp_path):

@@ -29,7 +29,6 @@ def test_event_stops_and_starts(action, signal, stops, starts):
     assert (event.stops, event.starts) == (stops, starts)
 
 
-
 def docker_event(action, **attributes):
     """An event as Docker's /events stream decodes it (API >= 1.22)."""
     return {
@@ -39,12 +38,10 @@ def docker_event(action, **attributes):
     }
 
 
-
 def test_kill_event_is_parsed_with_its_signal():
     event = _event(docker_event("kill", signal="15"))
     assert event == ContainerEvent("kill", CONTAINER, 1732520000123456789, "15")
     assert event.stops
-
 
 
 def test_action_detail_after_a_colon_is_dropped():
@@ -53,10 +50,8 @@ def test_action_detail_after_a_colon_is_dropped():
     assert _event(raw) == ContainerEvent("health_status", "abc", 123, "15")
 
 
-
 def test_event_without_attributes_or_time_still_parses():
     assert _event({"Action": "die", "Actor": {"ID": "abc"}}) == ContainerEvent("die", "abc", 0, None)
-
 
 
 @pytest.mark.parametrize(
@@ -65,4 +60,3 @@ def test_event_without_attributes_or_time_still_parses():
 )
 def test_event_without_action_or_container_is_skipped(raw):
     assert _event(raw) is None
-

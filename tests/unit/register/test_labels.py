@@ -6,7 +6,6 @@ from discovery.register.labels import NotRegistrable, registration
 CONTAINER = "4f66ad9a0b2e" + "5d" * 26
 
 
-
 def inspect(labels=None, env=(), exposed=("8080/tcp",), networks=None):
     """A trimmed `docker inspect` of a running container."""
     if networks is None:
@@ -26,10 +25,8 @@ def inspect(labels=None, env=(), exposed=("8080/tcp",), networks=None):
     }
 
 
-
 def two_networks():
     return {"front": {"IPAddress": "172.18.0.5"}, "back": {"IPAddress": "172.19.0.7"}}
-
 
 
 def test_labels_make_a_full_registration():
@@ -41,7 +38,6 @@ def test_labels_make_a_full_registration():
     )
 
 
-
 def test_registrator_environment_variables_work():
     attrs = inspect(env=["SERVICE_NAME=api", "SERVICE_TAGS=lb,lb.path=/v2", "SERVICE_CHECK_HTTP=/ready",
                          "SERVICE_PORT=9000", "SERVICE_CHECK_INTERVAL=5s"], exposed=())
@@ -50,13 +46,11 @@ def test_registrator_environment_variables_work():
     assert r.check == HttpCheck("/ready", "5s", "1s")
 
 
-
 def test_labels_win_over_environment_variables():
     attrs = inspect({"discovery.service": "web", "discovery.port": "8080", "discovery.tags": "lb"},
                     env=["SERVICE_NAME=api", "SERVICE_PORT=9000", "SERVICE_TAGS=other"])
     r = registration(attrs, "host-a")
     assert (r.name, r.port, r.tags) == ("web", 8080, ("lb",))
-
 
 
 @pytest.mark.parametrize(
@@ -73,17 +67,14 @@ def test_containers_that_did_not_opt_in_give_none(labels, env):
     assert registration(inspect(labels, env), "host-a") is None
 
 
-
 def test_only_exposed_tcp_port_is_used_without_a_port_label():
     attrs = inspect({"discovery.service": "web"}, exposed=("53/udp", "9000/tcp"))
     assert registration(attrs, "host-a").port == 9000
 
 
-
 def test_port_label_chooses_among_several_exposed_ports():
     attrs = inspect({"discovery.service": "web", "discovery.port": "9000"}, exposed=("8080/tcp", "9000/tcp"))
     assert registration(attrs, "host-a").port == 9000
-
 
 
 @pytest.mark.parametrize(
@@ -98,12 +89,10 @@ def test_network_label_or_flag_chooses_the_address(network_label, network_flag, 
     assert registration(attrs, "host-a", network_flag).address == address
 
 
-
 @pytest.mark.parametrize("value", ["none", "None"])
 def test_check_none_registers_without_a_check(value):
     attrs = inspect({"discovery.service": "web", "discovery.check.http": value})
     assert registration(attrs, "host-a").check is None
-
 
 
 @pytest.mark.parametrize(
@@ -131,8 +120,6 @@ def test_unusable_opt_in_is_not_registrable_with_a_reason(labels, exposed, netwo
         registration(attrs, "host-a")
 
 
-
 def test_longest_valid_service_name_is_registrable():
     name = "s" * 63
     assert registration(inspect({"discovery.service": name}), "host-a").name == name
-

@@ -13,13 +13,11 @@ def clean_environment(monkeypatch):
             monkeypatch.delenv(name)
 
 
-
 def test_defaults():
     config, level = parse_args([], os.environ)
     assert config.consul == ConsulAddress("http", "127.0.0.1", 8500)
     assert (config.token, config.docker_url, config.owner, config.network) == (None, None, None, None)
     assert (config.resync, config.deregister_after, level) == (30.0, "1m", "info")
-
 
 
 def test_environment_and_flags(monkeypatch):
@@ -29,7 +27,6 @@ def test_environment_and_flags(monkeypatch):
     config, _ = parse_args(["--id", "host-a", "--network", "app", "--deregister-after", "90s"], os.environ)
     assert config.resync == 45.0 and config.docker_url == "tcp://docker:2375"
     assert (config.owner, config.network, config.deregister_after) == ("host-a", "app", "90s")
-
 
 
 @pytest.mark.parametrize(
@@ -45,13 +42,11 @@ def test_bad_flags_exit_with_usage_error(argv):
     assert exit_info.value.code == 2
 
 
-
 def test_bad_resync_in_environment_exits_with_usage_error(monkeypatch):
     monkeypatch.setenv("DISCOVERY_RESYNC", "often")
     with pytest.raises(SystemExit) as exit_info:
         parse_args([], os.environ)
     assert exit_info.value.code == 2
-
 
 
 def test_help_lists_labels_their_env_fallbacks_and_exit_codes(capsys):
@@ -70,16 +65,13 @@ def test_help_lists_labels_their_env_fallbacks_and_exit_codes(capsys):
     assert [line.split()[0] for line in codes if line.startswith("  ")] == ["0", "1", "2"]
 
 
-
 @pytest.mark.parametrize("text", ["", "=x", "a b", "project=x\ny"])
 def test_a_label_filter_is_one_key_or_key_value_word(text):
     with pytest.raises(ValueError):
         label_filter(text)
 
 
-
 def test_only_label_reaches_the_config(monkeypatch):
     monkeypatch.setenv("DISCOVERY_ONLY_LABEL", "com.docker.compose.project=lab")
     config, _ = parse_args([], os.environ)
     assert config.only_label == "com.docker.compose.project=lab"
-

@@ -21,7 +21,6 @@ class ScriptedCatalog:
         return str(step), {}
 
 
-
 async def resyncs_after(*script):
     client = type("Client", (), {"catalog": ScriptedCatalog(*script)})()
     registrator = Registrator(RegistratorConfig(backoff_max=0.001), containers=None, client=client, owner="o")
@@ -36,10 +35,8 @@ async def resyncs_after(*script):
     return seen
 
 
-
 async def test_consul_answering_again_or_going_back_in_time_asks_for_a_reconcile():
     assert await resyncs_after(5, 6) == [False, False]
     down = aiohttp.ClientConnectionError("refused")
     assert any(await resyncs_after(5, down, 5))  # restarted: our registrations may be gone
     assert any(await resyncs_after(50, 3))  # snapshot restore or wiped data: the index went backwards
-

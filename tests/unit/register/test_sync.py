@@ -8,15 +8,12 @@ from discovery.register.sync import SyncPlan, owned, sync_plan
 CONTAINER = "4f66ad9a0b2e" + "7" * 52
 
 
-
 DEFAULT_CHECK = HttpCheck()
-
 
 
 def reg(name="web", address="172.18.0.5", port=8080, tags=("lb",), check=DEFAULT_CHECK, container=CONTAINER):
     return Registration(id=f"{name}-{container[:12]}", name=name, address=address, port=port, tags=tags,
                         check=check, container=container, owner="host-a")
-
 
 
 def agent_service(r):
@@ -26,7 +23,6 @@ def agent_service(r):
         "Address": r.address, "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": False,
         "Datacenter": "dc1",
     }
-
 
 
 def test_owned_keeps_only_registrations_of_this_registrator():
@@ -43,18 +39,15 @@ def test_owned_keeps_only_registrations_of_this_registrator():
     assert owned(services, "host-a") == {"web-mine": mine}
 
 
-
 def test_missing_registration_is_registered():
     wanted = reg()
     assert sync_plan([wanted], {}) == SyncPlan(register=(wanted,), deregister=())
-
 
 
 def test_equal_registration_is_left_alone_whatever_the_tag_order():
     wanted = reg(tags=("lb", "lb.default", "lb.host=a.local"))
     plan = sync_plan([wanted], {wanted.id: agent_service(wanted)})
     assert plan.empty and plan == SyncPlan((), ())
-
 
 
 @pytest.mark.parametrize(
@@ -69,12 +62,10 @@ def test_changed_registration_is_registered_again(change):
     assert sync_plan([after], {before.id: agent_service(before)}) == SyncPlan(register=(after,), deregister=())
 
 
-
 def test_owned_but_unwanted_registrations_are_deregistered_in_order():
     kept, gone_b, gone_a = reg("web"), reg("zeta", container="b" * 64), reg("alpha", container="a" * 64)
     registered = {r.id: agent_service(r) for r in (kept, gone_b, gone_a)}
     assert sync_plan([kept], registered) == SyncPlan(register=(), deregister=(gone_a.id, gone_b.id))
-
 
 
 def test_everything_registers_even_what_the_agent_already_lists():
@@ -83,10 +74,8 @@ def test_everything_registers_even_what_the_agent_already_lists():
     assert sync_plan([reg()], current, everything=True) == SyncPlan((reg(),), ())
 
 
-
 def test_plan_registers_in_id_order_and_deregisters_at_once():
     web, api, old = reg("web"), reg("api"), reg("old")
     plan = sync_plan([web, api], {old.id: agent_service(old)})
     assert plan.register == (api, web) and plan.deregister == (old.id,)
     assert not plan.empty
-

@@ -12,7 +12,6 @@ from discovery.watch.catalog import NEW_SERVICE_GRACE, Catalog, parse_instances
 FAST = QueryRules(wait=1.0, min_interval=0.001, backoff_base=0.001, backoff_max=0.001)
 
 
-
 def health_entry(service_id, service_address, port=8080, node_address="10.0.0.5"):
     """One element of /v1/health/service/<name>, as Consul returns it."""
     return {
@@ -23,17 +22,14 @@ def health_entry(service_id, service_address, port=8080, node_address="10.0.0.5"
     }
 
 
-
 def test_service_address_is_used_when_set():
     instances, refused = parse_instances("web", [health_entry("web-1", "172.18.0.4")])
     assert instances == (Instance("web", "web-1", "172.18.0.4", 8080),) and refused == []
 
 
-
 def test_empty_service_address_falls_back_to_the_node_address():
     instances, refused = parse_instances("web", [health_entry("web-1", "")])
     assert instances == (Instance("web", "web-1", "10.0.0.5", 8080),) and refused == []
-
 
 
 @pytest.mark.parametrize(
@@ -52,11 +48,9 @@ def test_unusable_entries_are_refused_with_a_reason_and_the_rest_kept(bad, words
     assert bad["Service"]["ID"] in refused[0] and words in refused[0]
 
 
-
 @pytest.mark.parametrize("entries", [[], None])
 def test_no_entries_means_no_instances(entries):
     assert parse_instances("web", entries) == ((), [])
-
 
 
 def catalog_and_log():
@@ -66,13 +60,10 @@ def catalog_and_log():
     return catalog, published
 
 
-
 WEB1 = Instance("web", "web-1", "10.0.0.1", 80)
 
 
-
 API1 = Instance("api", "api-1", "10.0.0.2", 80)
-
 
 
 def test_nothing_is_published_until_every_opted_in_service_has_answered():
@@ -91,14 +82,12 @@ def test_nothing_is_published_until_every_opted_in_service_has_answered():
     assert published == [(expected, "health of api changed")]
 
 
-
 def test_a_service_with_no_passing_instance_counts_as_answered():
     catalog, published = catalog_and_log()
     catalog._tags = {"web": frozenset({"lb"})}
     catalog._instances = {"web": ()}
     catalog._publish("catalog changed")
     assert published == [((CatalogEntry("web", frozenset({"lb"}), ()),), "catalog changed")]
-
 
 
 def test_instances_of_a_service_no_longer_opted_in_are_not_published():
@@ -109,13 +98,11 @@ def test_instances_of_a_service_no_longer_opted_in_are_not_published():
     assert [entry.name for entry in published[0][0]] == ["web"]
 
 
-
 def test_a_catalog_with_no_opted_in_service_publishes_an_empty_snapshot():
     catalog, published = catalog_and_log()
     catalog._tags = {}
     catalog._publish("catalog changed")
     assert published == [((), "catalog changed")]
-
 
 
 def test_the_same_service_id_on_two_nodes_gives_two_distinct_servers():
@@ -126,7 +113,6 @@ def test_the_same_service_id_on_two_nodes_gives_two_distinct_servers():
     instances, refused = parse_instances("web", entries)
     assert not refused
     assert len({i.server_name for i in instances}) == 2
-
 
 
 class ScriptedHTTP:
@@ -146,18 +132,15 @@ class ScriptedHTTP:
                                        "X-Consul-KnownLeader": "true"}, json.dumps(body)))
 
 
-
 def scripted_client(*answers):
     http = ScriptedHTTP(answers)
     return type("Client", (), {"http": http, "prepare_headers": lambda self, token=None: {}})(), http
-
 
 
 async def settle(task):
     for _ in range(50):
         await asyncio.sleep(0)
     task.cancel()
-
 
 
 async def test_an_answer_that_changes_only_raft_indexes_is_not_published():
@@ -170,7 +153,6 @@ async def test_an_answer_that_changes_only_raft_indexes_is_not_published():
     catalog._tags = {"web": frozenset({"lb"})}
     await settle(asyncio.create_task(catalog._follow_service("web")))
     assert [snapshot[0].instances[0].address for snapshot, _ in published] == ["10.0.0.1", "10.0.0.9"]
-
 
 
 async def test_reads_are_stale_while_fresh_enough_and_go_to_the_leader_when_not():
@@ -186,14 +168,12 @@ async def test_reads_are_stale_while_fresh_enough_and_go_to_the_leader_when_not(
     assert all(params["passing"] == "1" and path == "/v1/health/service/web" for path, params in http.queries)
 
 
-
 async def test_max_stale_zero_reads_from_the_leader_only():
     catalog, _ = catalog_and_log()
     catalog.client, http = scripted_client((5, {"web": ["lb"]}, 0))
     catalog.rules = QueryRules(max_stale=0)
     assert await catalog._fetch_services(0) == (5, {"web": ["lb"]})
     assert http.queries == [("/v1/catalog/services", {"wait": "55s"})]
-
 
 
 def test_a_new_service_silent_past_the_grace_period_no_longer_holds_the_others_back():
@@ -208,7 +188,6 @@ def test_a_new_service_silent_past_the_grace_period_no_longer_holds_the_others_b
     assert published[-1][0] == (CatalogEntry("web", frozenset({"lb"}), (WEB1,)),)  # api left out, not empty
 
 
-
 def test_a_service_name_we_could_not_route_is_refused_once_and_never_queried():
     catalog, _ = catalog_and_log()
     assert not catalog._valid("web\n1999-01-01 INFO forged")
@@ -217,11 +196,9 @@ def test_a_service_name_we_could_not_route_is_refused_once_and_never_queried():
     assert len(catalog._refused_names) == 2
 
 
-
 def test_instances_of_a_name_that_differs_only_in_case_are_not_taken():
     other = health_entry("Web-1", "172.18.0.9")
     other["Service"]["Service"] = "Web"  # Consul answers /health/service/web with these too
     instances, refused = parse_instances("web", [health_entry("web-1", "172.18.0.4"), other])
     assert [i.id for i in instances] == ["web-1"]
     assert len(refused) == 1 and "registered as 'Web'" in refused[0]
-

@@ -21,10 +21,8 @@ def test_apply_at(first, last, applied, expected):
     assert apply_at(first, last, applied, wait_min=0.25, wait_max=2.0) == expected
 
 
-
 def snapshot(*names):
     return tuple(CatalogEntry(name, frozenset({"lb"})) for name in names)
-
 
 
 @pytest.fixture
@@ -33,7 +31,6 @@ def clock(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     return now
-
 
 
 def test_take_returns_the_newest_snapshot_and_every_reason_once():
@@ -45,7 +42,6 @@ def test_take_returns_the_newest_snapshot_and_every_reason_once():
     assert mailbox.reasons == []
 
 
-
 def test_put_without_a_snapshot_keeps_the_previous_one():
     mailbox = Mailbox()
     mailbox.put(snapshot("a"), "catalog changed")
@@ -54,12 +50,10 @@ def test_put_without_a_snapshot_keeps_the_previous_one():
     assert mailbox.take() == (snapshot("a"), ["template changed"])
 
 
-
 def test_take_before_any_snapshot_gives_none():
     mailbox = Mailbox()
     mailbox.put(None, "retry after failure")
     assert mailbox.take() == (None, ["retry after failure"])
-
 
 
 def test_changed_is_set_by_put_and_cleared_by_take_while_arrived_stays_for_the_waiter():
@@ -72,7 +66,6 @@ def test_changed_is_set_by_put_and_cleared_by_take_while_arrived_stays_for_the_w
     assert mailbox.arrived.is_set()  # only the apply loop clears it
 
 
-
 def test_first_and_last_span_a_burst_and_a_new_burst_starts_after_take(clock):
     mailbox = Mailbox()
     mailbox.put(snapshot("a"), "one")
@@ -83,4 +76,3 @@ def test_first_and_last_span_a_burst_and_a_new_burst_starts_after_take(clock):
     clock[0] = 107.0
     mailbox.put(snapshot("c"), "three")
     assert (mailbox.first, mailbox.last) == (107.0, 107.0)
-

@@ -1,5 +1,18 @@
+import logging
+
+import pytest
+from prometheus_client import REGISTRY
+
 from discovery.model import CatalogEntry, Instance, Route
-from discovery.watch.desired import ROUTING_TAGS, RoutingPolicy, desired_state, parse_routes, routing_tags_help
+from discovery.watch.desired import (
+    ROUTING_TAGS,
+    RoutingPolicy,
+    Unroutable,
+    desired_state,
+    parse_routes,
+    routing_tags_help,
+)
+from discovery.watch.run import say_refusals
 
 
 def entry(name, *tags, instances=()):
@@ -74,3 +87,24 @@ def test_routing_tags_table_drives_the_help():
     assert [line.split()[0] for line in text.splitlines()] == [
         "edge", "edge.default", "edge.host=<host>", "edge.path=<prefix>", "edge.route=<host><prefix>"]
     assert len(ROUTING_TAGS) == len(text.splitlines())
+
+
+def test_a_catalog_that_cannot_be_served_still_hands_back_what_it_refused():
+    twice = [entry("web", "lb", "lb.colour=red"), entry("web", "lb")]  # one name, two entries
+    with pytest.raises(Unroutable, match="appears twice") as raised:
+        desired_state(twice, RoutingPolicy())
+    assert [r.kind for r in raised.value.refusals] == ["tag"]
+
+
+def test_the_watcher_says_each_refusal_once_and_counts_refused_values(caplog):
+    def count(kind: str) -> float:
+        return REGISTRY.get_sample_value("discovery_refused_values_total", {"kind": kind}) or 0.0
+
+    before = {kind: count(kind) for kind in ("tag", "service", "default")}
+    _, refusals = desired_state([entry("a", "lb", "lb.default", "lb.host=a b"), entry("b", "lb", "lb.default")],
+                                RoutingPolicy())
+    with caplog.at_level(logging.WARNING, logger="discovery.watch"):
+        say_refusals(refusals)
+    assert [r.getMessage() for r in caplog.records] == [str(r) for r in refusals]
+    assert len(caplog.records) == 2
+    assert count("tag") == before["tag"] + 1 and count("default") == before["default"]  # a choice is not counted
