@@ -64,11 +64,15 @@ def steady(client: consul.Consul, watcher: Watcher, apps: WebApps, service: str,
     return tags
 
 
+def statuses(watcher: Watcher, service: str) -> dict[str, str]:
+    """server -> status (UP, DOWN, DRAIN, MAINT, ...) of `service`'s backend, as HAProxy has it now."""
+    stats = asyncio.run(RuntimeAPI(watcher.sockets / "admin.sock").stats())
+    return {key.server: live.status for key, live in stats.items() if key.backend == f"be_{service}"}
+
+
 def serving(watcher: Watcher, service: str) -> set[str]:
     """The servers of `service`'s backend that HAProxy sends requests to now (UP, not draining)."""
-    stats = asyncio.run(RuntimeAPI(watcher.sockets / "admin.sock").stats())
-    return {key.server for key, live in stats.items()
-            if key.backend == f"be_{service}" and live.status.startswith("UP")}
+    return {server for server, status in statuses(watcher, service).items() if status.startswith("UP")}
 
 
 def passing_and_deregister(client: consul.Consul, watcher: Watcher, apps: WebApps, iterations: int,
@@ -153,7 +157,6 @@ def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, im
                    apps: WebApps, iterations: int, log: Callable[[str], None]) -> dict[str, list[float]]:
     host = "ready.bench"
     steady(client, watcher, apps, "ready", host)
-    runtime = RuntimeAPI(watcher.sockets / "admin.sock")
     labels = {"discovery.service": "ready", "discovery.port": "3000", "discovery.tags": f"lb,lb.host={host}",
               "discovery.check.interval": "5s", "discovery-bench": "1"}
     routable, out = [], []
@@ -174,7 +177,7 @@ def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, im
             killer = threading.Thread(target=container.kill)
             started = time.perf_counter()
             killer.start()
-            removed = first_time(lambda server=server: not asyncio.run(_in_rotation(runtime, server)), timeout=30,
+            removed = first_time(lambda server=server: server not in serving(watcher, "ready"), timeout=30,
                                  every=0.002)
             if removed is None:
                 raise BenchError(f"{server} stayed in rotation after its kill")
@@ -193,8 +196,3 @@ def _answers(address: str) -> bool:
         return get_json(3000, "/health", host=address, timeout=0.2)["status"] == "ok"
     except Exception:
         return False
-
-
-async def _in_rotation(runtime: RuntimeAPI, server: str) -> bool:
-    live = (await runtime.stats()).get(("be_ready", server))
-    return live is not None and live.status.startswith("UP")

@@ -18,7 +18,7 @@ from pathlib import Path
 import consul
 
 from bench.probe import first_time, tag_of
-from discovery.haproxy.sockets import RuntimeAPI
+from bench.project import statuses
 from tests.processes import Watcher, WebApps, watcher_process
 from tests.support import free_port, wait_until
 
@@ -162,8 +162,7 @@ def _outside(client: consul.Consul, watcher: Watcher, apps: WebApps, rounds: int
 
 
 def _down(watcher: Watcher, service: str) -> int:
-    stats = asyncio.run(RuntimeAPI(watcher.sockets / "admin.sock").stats())
-    return sum(1 for key, live in stats.items() if key.backend == f"be_{service}" and live.status.startswith("DOWN"))
+    return sum(1 for status in statuses(watcher, service).values() if status.startswith("DOWN"))
 
 
 def _next_change(log: Callable[[], str], before: int, what: str) -> float:
