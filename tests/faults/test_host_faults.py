@@ -250,6 +250,11 @@ def test_bad_template_invalid_config_and_unwritable_output_keep_the_last_good_co
     with host_stack(tmp_path, docker_client, watcher_flags=("--template", str(template))) as stack:
         for cause, (what, fault) in faults.items():
             metric = f'discovery_apply_errors_total{{cause="{cause}"}}'
+            # The previous case's fix may have left a server draining; its end rewrites the file.
+            # Wait for it (at most --drain-timeout, 30 s), so that the snapshot is of a settled
+            # config and not one a finishing drain is about to change (seen once in CI).
+            wait_until(lambda: not stack.draining() and " disabled" not in stack.watcher.config,
+                       "the previous case's drains finished", timeout=40)
             good, errors, served = stack.watcher.config, stack.metric(metric), stack.served()
             with Load(stack.watcher.http_port) as load, EmptyBackendProbe(stack.watcher) as probe:
                 try:
