@@ -12,9 +12,11 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+def write_atomic(path: Path, text: str, mode: int | None = None, *, durable: bool = True) -> None:
     """Replace `path` so that a reader sees the old file or the new one, never a mix. `mode`
-    forces the permissions (a file holding a secret); otherwise an existing file keeps its own."""
+    forces the permissions (a file holding a secret); otherwise an existing file keeps its own.
+    `durable=False` leaves the rename's durability to a later `sync_directory(path.parent)`
+    (the data itself is always on disk before the rename)."""
     directory = path.parent
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
@@ -33,12 +35,18 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    # The rename is durable only once the directory entry is on disk.
+    if durable:
+        sync_directory(directory)
+
+
+def sync_directory(directory: Path) -> None:
+    """A rename is durable only once the directory entry is on disk."""
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
 
 
 def write_secret(path: Path, text: str, mode: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -110,6 +111,8 @@ class Instance:
     id: str
     address: str
     port: int
+    # Derived from `id` once: a state of 10,000 instances asks for every name several times a change.
+    server_name: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         service_name(self.service)
@@ -117,10 +120,7 @@ class Instance:
             raise InvalidValue(f"instance id {shown(self.id)}: want 1-256 characters")
         object.__setattr__(self, "address", address(self.address))
         object.__setattr__(self, "port", port(self.port))
-
-    @property
-    def server_name(self) -> str:
-        return server_name(self.id)
+        object.__setattr__(self, "server_name", server_name(self.id))
 
     @property
     def endpoint(self) -> str:
@@ -162,8 +162,8 @@ class Service:
             if instance.service != self.name:
                 raise InvalidValue(f"instance {instance.id!r} belongs to {instance.service!r}, not {self.name!r}")
         # Canonical order so that equal states render to equal bytes.
-        object.__setattr__(self, "instances", tuple(sorted(set(self.instances))))
-        object.__setattr__(self, "draining", tuple(sorted(set(self.draining))))
+        object.__setattr__(self, "instances", tuple(sorted(set(self.instances), key=_instance_order)))
+        object.__setattr__(self, "draining", tuple(sorted(set(self.draining), key=_instance_order)))
         object.__setattr__(self, "routes", tuple(sorted(set(self.routes), key=_route_key)))
         names = [i.server_name for i in (*self.instances, *self.draining)]
         if len(names) != len(set(names)):
@@ -191,6 +191,11 @@ class ServerKey(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.backend}/{self.server}"
+
+
+# Instance's own order (its fields, in turn) as a key: sorting 10,000 by it takes half the time of the
+# dataclass's __lt__, which builds two tuples for every comparison.
+_instance_order = operator.attrgetter("service", "id", "address", "port")
 
 
 def _route_key(route: Route) -> tuple[str, str]:

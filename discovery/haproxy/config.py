@@ -123,6 +123,13 @@ class Renderer:
         )
         self._env.filters["quote"] = quote
 
+    def stamp(self) -> int | None:
+        """The template file's modification time (ns): equal stamps render equal states equally."""
+        try:
+            return self.template.stat().st_mtime_ns
+        except OSError:
+            return None
+
     def render(self, state: DesiredState, settings: RenderSettings) -> str:
         try:
             template = self._env.get_template(self.template.name)

@@ -23,6 +23,7 @@ from discovery.watch.coalesce import Mailbox, apply_at, burst_span
 from discovery.watch.config import WatcherConfig, save_new_stats_password
 from discovery.watch.desired import Refusal, Unroutable, desired_state
 from discovery.watch.guard import ShrinkGuard, Verdict
+from discovery.watch.timeline import Timeline
 
 log = logging.getLogger("discovery.watch")
 
@@ -65,6 +66,7 @@ async def watch(config: WatcherConfig) -> int:
             group.create_task(catalog.run(), name="catalog")
             group.create_task(_apply_loop(config, applier, mailbox, managed, guard), name="apply")
             group.create_task(_drain_loop(applier), name="drain")
+            group.create_task(applier.check_written(), name="post-check")
             if managed:
                 group.create_task(managed.supervise(), name="haproxy")
             if settings.template != DEFAULT_TEMPLATE:
@@ -121,7 +123,9 @@ async def _apply_loop(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await mailbox.arrived.wait()
+        timeline = Timeline(consul_answered=mailbox.last)
         snapshot, reasons = mailbox.take()
+        timeline.mark("taken")
         if snapshot is None:
             continue
         try:
@@ -138,7 +142,8 @@ async def _apply_loop(
         if verdict.recheck_in is not None:
             asyncio.get_running_loop().call_later(verdict.recheck_in, mailbox.put, None, "held shrink due")
         state = verdict.state
-        outcome = await applier.apply(state, reasons)
+        timeline.mark("decided")
+        outcome = await applier.apply(state, reasons, timeline)
         if outcome.ok and managed and managed.process is None:
             await managed.start()
             await applier.attach()

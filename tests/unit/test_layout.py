@@ -12,10 +12,10 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 
 # Pure cores: functions of data. They may import only these (no IO, clock, logging, metrics,
 # clients, or any module that has them).
-PURE = ["watch/desired.py", "watch/guard.py", "watch/plan.py", "watch/drain.py", "register/labels.py",
-        "register/sync.py", "model.py"]
-PURE_MAY_IMPORT = {"__future__", "collections.abc", "dataclasses", "typing", "enum", "hashlib", "ipaddress", "re",
-                   "discovery.model"}
+PURE = ["watch/desired.py", "watch/guard.py", "watch/plan.py", "watch/drain.py", "watch/reload_cap.py",
+        "register/labels.py", "register/sync.py", "model.py"]
+PURE_MAY_IMPORT = {"__future__", "collections", "dataclasses", "typing", "enum", "hashlib", "ipaddress", "operator",
+                   "re", "discovery.model"}
 # Shared ground may be used by both processes, and so uses neither.
 SHARED = ["model.py", "cli.py", "metrics.py", "files.py", "consul_api.py", "haproxy"]
 

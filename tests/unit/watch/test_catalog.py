@@ -202,3 +202,20 @@ def test_instances_of_a_name_that_differs_only_in_case_are_not_taken():
     instances, refused = parse_instances("web", [health_entry("web-1", "172.18.0.4"), other])
     assert [i.id for i in instances] == ["web-1"]
     assert len(refused) == 1 and "registered as 'Web'" in refused[0]
+
+
+def test_an_unchanged_entry_reuses_the_instance_it_made_and_a_changed_one_is_validated_again():
+    known: dict = {}
+    first, _ = parse_instances("web", [health_entry("web-1", "172.18.0.4"), health_entry("web-2", "172.18.0.5")], known)
+    again, _ = parse_instances("web", [health_entry("web-1", "172.18.0.4"), health_entry("web-2", "bad address")],
+                               known)
+    assert again[0] is first[0]  # not built (nor validated) again
+    assert [i.id for i in again] == ["web-1"]  # the changed one was checked, and refused
+    assert len(known) == 1  # only what the last answer listed is kept
+
+
+def test_values_that_cannot_be_a_key_are_still_refused_one_by_one():
+    entry = health_entry("web-1", "172.18.0.4")
+    entry["Service"]["Port"] = [80]
+    instances, refused = parse_instances("web", [entry], {})
+    assert instances == () and len(refused) == 1
