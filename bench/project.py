@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import subprocess
 import sys
 import threading
@@ -75,12 +76,27 @@ def serving(watcher: Watcher, service: str) -> set[str]:
     return {server for server, status in statuses(watcher, service).items() if status.startswith("UP")}
 
 
+def trace(watcher: Watcher, registered: float, served: float, service_id: str) -> dict[str, float]:
+    """Where one passing → routable sample's time went, in ms per phase: the watcher's timeline of
+    the apply that added `service_id` (its /status, on the same monotonic clock as ours) between
+    our registration and the first request it served."""
+    last = get_json(watcher.status_port, "/status")["last_apply"] or {}
+    moments = (last.get("timeline") or {}).get("moments") or {}
+    if f"+{service_id} " not in str(last.get("what")) or "haproxy" not in moments:
+        raise BenchError(f"the watcher's last apply was not the one that added {service_id}: {last.get('what')!r}")
+    points = [("registered", registered), *moments.items(), ("first request", served)]
+    if any(later < earlier for (_, earlier), (_, later) in itertools.pairwise(points)):
+        raise BenchError(f"the timeline of {service_id} is out of order: {points}")
+    return {later: (at - before) * 1000 for (_, before), (later, at) in itertools.pairwise(points)}
+
+
 def passing_and_deregister(client: consul.Consul, watcher: Watcher, apps: WebApps, iterations: int,
-                           log: Callable[[str], None]) -> dict[str, list[float]]:
+                           log: Callable[[str], None]) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """The samples of both rows, and each passing → routable sample's trace (see `trace`)."""
     host = "probe.bench"
     steady(client, watcher, apps, "probe", host)
     app_port = apps.start("probe")
-    routable, gone = [], []
+    routable, gone, traces = [], [], []
     for i in range(iterations):
         service_id = f"probe-{i}"
         started = time.perf_counter()
@@ -90,6 +106,7 @@ def passing_and_deregister(client: consul.Consul, watcher: Watcher, apps: WebApp
         if served is None:
             raise BenchError(f"instance {service_id} never became routable")
         routable.append(served - started)
+        traces.append(trace(watcher, started, served, service_id))
         time.sleep(SPACING)
         with LastSeen(watcher.http_port, host) as seen:
             time.sleep(0.02)
@@ -106,7 +123,7 @@ def passing_and_deregister(client: consul.Consul, watcher: Watcher, apps: WebApp
         time.sleep(SPACING)
         if (i + 1) % 50 == 0:
             log(f"  passing/deregister: {i + 1}/{iterations}")
-    return {"passing_to_routable": routable, "deregister_to_last_request": gone}
+    return {"passing_to_routable": routable, "deregister_to_last_request": gone}, traces
 
 
 def held_shrink(client: consul.Consul, watcher: Watcher, apps: WebApps, rounds: int, hold: float,

@@ -9,9 +9,15 @@ def run(**samples):
     base = {key: [0.001] * 5 for key, _ in report.LATENCIES} | {"held_shrink_applied": [15.2]}
     figures = {"load_scale_events": {"events": 10, "requests": 5000, "rate": 1200.0, "failed": 0},
                "load_forced_reloads": {"reloads": 20, "requests": 6000, "rate": 1300.0, "failed": 0},
-               "scale": {"full_apply_ms": 200.0, "one_change_ms": [5.0, 6.0], "one_change_outside_s": [0.01, 0.02],
-                         "watcher_rss_mib": 60.0, "consul_requests_per_minute_idle": 104.0, "blocking_queries": 101,
-                         "idle_seconds": 60}}
+               "scale": {shape: {"services": 100, "instances": 1000, "full_apply_ms": 200.0, "haproxy_check_ms": 30.0,
+                                 "consul_answer_ms": 2.0,
+                                 "one_change_outside_traces": [dict.fromkeys(dict(report.PHASES), 1.0)],
+                                 "one_change_ms": [5.0, 6.0], "one_change_outside_s": [0.001, 0.002],
+                                 "watcher_rss_mib": 60.0, "consul_requests_per_minute_idle": 104.0,
+                                 "blocking_queries": 101, "idle_seconds": 60} for shape in report.SCALE_SHAPES},
+               "balance": {"algorithm": "roundrobin", "servers": 10000, "requests": 20000, "answered": 20000,
+                           "servers_listed": 10000, "never_used": 0, "fewest": 2, "most": 2},
+               "passing_to_routable_traces": [dict.fromkeys(dict(report.PHASES), 0.1)] * 5}
     return {"samples": base | samples, "figures": figures, "skip_serf": False}
 
 
@@ -36,7 +42,7 @@ def test_renewals_are_counted_not_asserted_by_text():
     assert report.renewals_bound(101, 15) == 404
     assert "blocking-query renewals only (≤ 202)" in report.table(run())
     busy = run()
-    busy["figures"]["scale"]["consul_requests_per_minute_idle"] = 5000.0
+    busy["figures"]["scale"]["1x10000"]["consul_requests_per_minute_idle"] = 5000.0
     assert "MORE than renewals" in report.table(busy)
 
 
@@ -58,11 +64,39 @@ def test_a_missing_row_or_a_sample_that_is_no_measurement_fails_the_run():
     idle = run()
     idle["figures"]["load_forced_reloads"]["requests"] = 0
     assert report.missing(idle) == ["load_forced_reloads: no request was sent"]
-    del idle["figures"]["scale"]
-    assert "no scale figures" in report.missing(idle)
+    del idle["figures"]["scale"]["500x20"]
+    assert "no scale figures for 500x20" in report.missing(idle)
+    untraced = run()
+    untraced["figures"]["passing_to_routable_traces"].pop()
+    assert report.missing(untraced) == ["passing_to_routable: not every sample has its trace"]
 
 
 def test_serf_rows_may_be_left_out_only_when_asked():
     result = run(serf_join=[], serf_leave=[], serf_crash=[])
     assert len(report.missing(result)) == 3
     assert report.missing(result | {"skip_serf": True}) == []
+
+
+def test_one_change_at_scale_is_judged_against_the_small_service_p99_of_the_same_run():
+    result = run(passing_to_routable=[0.010] * 10)  # p99 10 ms: the bound is 20 ms
+    met = next(row for row in report.table(result).splitlines() if "(1x10000)" in row)
+    assert "10,000" not in met  # the title comes from the shape's own counts
+    rows = report.table(result).split("(1x10000)")[1].splitlines()
+    assert any(row.endswith("met (p99 ≤ 2 \u00d7 passing → routable p99 = 20.0 ms) |") for row in rows[:12])
+    result["figures"]["scale"]["1x10000"]["one_change_outside_s"] = [0.030, 0.030]
+    rows = report.table(result).split("(1x10000)")[1].splitlines()
+    assert any(row.endswith("MISSED (p99 ≤ 2 \u00d7 passing → routable p99 = 20.0 ms) |") for row in rows[:12])
+
+
+def test_the_traces_table_shows_every_phase_in_order():
+    lines = report.trace_table([{key: float(k + 1) for k, (key, _) in enumerate(report.PHASES)}] * 3)
+    labels = [label for _, label in report.PHASES]
+    assert [line.split(" | ")[0].lstrip("| ") for line in lines[3:]] == labels
+    assert lines[3].endswith("| 1.00 | 1.00 | 1.00 |")  # 1 ms, shown in ms
+
+
+def test_the_balance_row_is_met_only_when_every_server_got_the_same_share():
+    assert "| 0 | met (every server, evenly) |" in report.table(run())
+    skewed = run()
+    skewed["figures"]["balance"] |= {"never_used": 774, "fewest": 0, "most": 7}
+    assert "| 774 | MISSED (every server, evenly) |" in report.table(skewed)
