@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             found, traces = project.passing_and_deregister(agent.client, watcher, apps, n, log)
             summary(found)
             samples |= found
-            figures["passing_to_routable_traces"] = traces
+            figures["traces"] = {"passing_to_routable": traces}
 
             rounds = 1 if args.quick else 3
             log(f"[bench] project: a large shrink held by the guard, then applied ({rounds} rounds of ~15 s)")
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             docker_client = docker.from_env()
             stack.callback(docker_client.close)
             with project.registrator(agent.address, workdir):
-                found = project.ready_and_kill(agent.client, docker_client, image, watcher, apps, n, log)
+                found, traces = project.ready_and_kill(agent.client, docker_client, image, watcher, apps, n, log)
+            figures["traces"] |= traces
             summary(found)
             samples |= found
 

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import consul
 import docker
@@ -76,17 +77,22 @@ def serving(watcher: Watcher, service: str) -> set[str]:
     return {server for server, status in statuses(watcher, service).items() if status.startswith("UP")}
 
 
-def trace(watcher: Watcher, registered: float, served: float, service_id: str) -> dict[str, float]:
-    """Where one passing → routable sample's time went, in ms per phase: the watcher's timeline of
-    the apply that added `service_id` (its /status, on the same monotonic clock as ours) between
-    our registration and the first request it served."""
-    last = get_json(watcher.status_port, "/status")["last_apply"] or {}
-    moments = (last.get("timeline") or {}).get("moments") or {}
-    if f"+{service_id} " not in str(last.get("what")) or "haproxy" not in moments:
-        raise BenchError(f"the watcher's last apply was not the one that added {service_id}: {last.get('what')!r}")
-    points = [("registered", registered), *moments.items(), ("first request", served)]
+def trace(watcher: Watcher, started: float, seen: float, change: str) -> dict[str, float]:
+    """Where one sample's time went, in ms per phase: the watcher's timeline of the apply that
+    made `change` (e.g. `+probe-3`, `-ready-0123456789ab`; from its /status, on the same
+    monotonic clock as ours), between the sample's start and the moment we saw the outcome."""
+    def applied() -> dict[str, Any] | None:
+        last = get_json(watcher.status_port, "/status")["last_apply"] or {}
+        moments = (last.get("timeline") or {}).get("moments") or {}
+        return moments if f"{change} " in str(last.get("what")) and "haproxy" in moments else None
+
+    try:  # the watcher records its apply a moment after HAProxy has it, and we may look first
+        moments = wait_until(applied, f"the watcher's apply of {change}", timeout=2, every=0.01)
+    except AssertionError as error:
+        raise BenchError(str(error)) from None
+    points = [("started", started), *moments.items(), ("seen", seen)]
     if any(later < earlier for (_, earlier), (_, later) in itertools.pairwise(points)):
-        raise BenchError(f"the timeline of {service_id} is out of order: {points}")
+        raise BenchError(f"the timeline of {change} is out of order: {points}")
     return {later: (at - before) * 1000 for (_, before), (later, at) in itertools.pairwise(points)}
 
 
@@ -106,7 +112,7 @@ def passing_and_deregister(client: consul.Consul, watcher: Watcher, apps: WebApp
         if served is None:
             raise BenchError(f"instance {service_id} never became routable")
         routable.append(served - started)
-        traces.append(trace(watcher, started, served, service_id))
+        traces.append(trace(watcher, started, served, f"+{service_id}"))
         time.sleep(SPACING)
         with LastSeen(watcher.http_port, host) as seen:
             time.sleep(0.02)
@@ -171,12 +177,15 @@ def registrator(consul_address: str, workdir: Path) -> Iterator[subprocess.Popen
 
 
 def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, image: str, watcher: Watcher,
-                   apps: WebApps, iterations: int, log: Callable[[str], None]) -> dict[str, list[float]]:
+                   apps: WebApps, iterations: int, log: Callable[[str], None],
+                   ) -> tuple[dict[str, list[float]], dict[str, list[dict[str, float]]]]:
+    """The samples of both rows, and the traces of each (see `trace`)."""
     host = "ready.bench"
     steady(client, watcher, apps, "ready", host)
     labels = {"discovery.service": "ready", "discovery.port": "3000", "discovery.tags": f"lb,lb.host={host}",
               "discovery.check.interval": "5s", "discovery-bench": "1"}
     routable, out = [], []
+    traces: dict[str, list[dict[str, float]]] = {"ready_to_routable": [], "kill_to_out_of_rotation": []}
     for i in range(iterations):
         container = docker_client.containers.run(image, detach=True, labels=labels, environment={"TAG": f"r{i}"})
         try:
@@ -187,8 +196,9 @@ def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, im
             if ready is None or served is None:
                 raise BenchError(f"container {i} never became {'ready' if ready is None else 'routable'}")
             routable.append(served - ready)
-            time.sleep(SPACING)
             server = f"ready-{container.id[:12]}"
+            traces["ready_to_routable"].append(trace(watcher, ready, served, f"+{server}"))
+            time.sleep(SPACING)
             # Docker's kill call returns only once the container is reaped (~230 ms here), long
             # after its `kill` event went out: send it from a thread and watch meanwhile.
             killer = threading.Thread(target=container.kill)
@@ -199,13 +209,14 @@ def ready_and_kill(client: consul.Consul, docker_client: docker.DockerClient, im
             if removed is None:
                 raise BenchError(f"{server} stayed in rotation after its kill")
             out.append(removed - started)
+            traces["kill_to_out_of_rotation"].append(trace(watcher, started, removed, f"-{server}"))
             killer.join(30)
         finally:
             container.remove(force=True)
         time.sleep(SPACING)
         if (i + 1) % 25 == 0:
             log(f"  ready/kill: {i + 1}/{iterations}")
-    return {"ready_to_routable": routable, "kill_to_out_of_rotation": out}
+    return {"ready_to_routable": routable, "kill_to_out_of_rotation": out}, traces
 
 
 def _answers(address: str) -> bool:

@@ -77,28 +77,32 @@ def renewals_bound(queries: int, idle: float, wait: float = CONSUL_WAIT) -> int:
     return int(queries * -(-idle // wait) * 60 / idle)
 
 
-# The phases of a passing → routable trace (bench.project.trace), in the order they happen.
+# The phases of a trace (bench.project.trace), in the order they happen. The first spans
+# everything before the watcher hears of the change: for ready → routable and kill → out of
+# rotation, Docker's event, the registrator and Consul; for passing → routable, Consul alone.
 PHASES = [
-    ("consul_answered", "Consul answers the watcher's blocking query (wake, transfer, parse)"),
+    ("consul_answered", "until Consul's answer reaches the watcher (for a container: Docker, the registrator, Consul)"),
     ("taken", "the apply loop takes the snapshot"),
     ("decided", "desired state + shrink guard"),
     ("locked", "apply lock"),
     ("rendered", "plan + render"),
     ("written", "file written (data fsync, rename)"),
-    ("haproxy", "Runtime API: add server, enable health, enable server"),
-    ("first request", "round robin reaches the new server; the probe sees it"),
+    ("haproxy", "Runtime API: add server + enable health + enable server, or drain"),
+    ("seen", "until we see it: the first request it serves, or HAProxy's state leaving UP"),
 ]
+TRACED = ("passing_to_routable", "ready_to_routable", "kill_to_out_of_rotation")
 
 
-def trace_table(traces: list[dict[str, float]]) -> list[str]:
-    """Where passing → routable goes: each phase's percentiles over the per-sample traces (ms)."""
+def trace_table(row: str, traces: list[dict[str, float]]) -> list[str]:
+    """Where a row's time goes: each phase's percentiles over its per-sample traces (ms)."""
     if not traces:
         return []
-    lines = ["", f"| passing → routable, per-sample traces (n={len(traces)}): phase | p50 ms | p90 ms | p99 ms |",
+    label = dict(LATENCIES)[row].removeprefix("project: ")
+    lines = ["", f"| {label}: per-sample traces (n={len(traces)}), phase | p50 ms | p90 ms | p99 ms |",
              "|---|---:|---:|---:|"]
-    for key, label in PHASES:
+    for key, phase in PHASES:
         values = [t[key] / 1000 for t in traces if key in t]
-        lines.append(f"| {label} | {_ms(percentile(values, 0.5))} | {_ms(percentile(values, 0.9))} "
+        lines.append(f"| {phase} | {_ms(percentile(values, 0.5))} | {_ms(percentile(values, 0.9))} "
                      f"| {_ms(percentile(values, 0.99))} |")
     return lines
 
@@ -129,7 +133,8 @@ def table(result: dict[str, Any]) -> str:
             ratio = statistics.median(samples[top]) / statistics.median(samples[bottom])
             verdict = "" if target is None else ("met" if ratio >= target else "MISSED") + f" (≥ {target}×)"
             lines.append(f"| {label} | {ratio:.1f}× | {verdict} |")
-    lines += trace_table(result["figures"].get("passing_to_routable_traces") or [])
+    for row in TRACED:
+        lines += trace_table(row, (result["figures"].get("traces") or {}).get(row) or [])
     held = samples.get("held_shrink_applied")
     if held:
         ok = all(HOLD <= v <= HOLD + 1 for v in held)
@@ -202,9 +207,9 @@ def missing(result: dict[str, Any]) -> list[str]:
             problems.append(f"no samples for {key}")
         elif not all(math.isfinite(v) and v >= 0 for v in values):
             problems.append(f"{key}: a sample is not a measurement")
-    traces = figures.get("passing_to_routable_traces") or []
-    if len(traces) != len(samples.get("passing_to_routable") or []):
-        problems.append("passing_to_routable: not every sample has its trace")
+    for row in TRACED:
+        if samples.get(row) and len((figures.get("traces") or {}).get(row) or []) != len(samples[row]):
+            problems.append(f"{row}: not every sample has its trace")
     for key in ("load_scale_events", "load_forced_reloads", "balance"):
         if key not in figures:
             problems.append(f"no {key} figures")

@@ -105,7 +105,9 @@ def _service(s: int) -> str:
 def populated(client: consul.Consul, services: int, per_service: int) -> Iterator[None]:
     """Exactly `services` × `per_service` passing instances on node NODE, at addresses that answer
     nothing (HAProxy's own checks mark them down, which changes nothing of what is measured)."""
-    client.catalog.deregister(NODE)  # whatever an earlier shape left
+    for service_id in client.agent.services():  # whatever earlier measurements left
+        client.agent.service.deregister(service_id)
+    client.catalog.deregister(NODE)  # and an earlier shape
     client.catalog.register(NODE, "127.0.0.1")
     _txn(client, [{"Service": {"Verb": "set", "Node": NODE, "Service": {
         "Service": _service(s), "ID": f"{_service(s)}-{i}", "Address": f"127.{100 + i // 62500}.{i // 250 % 250}"
@@ -185,7 +187,7 @@ def _outside(client: consul.Consul, watcher: Watcher, apps: WebApps, silent: int
         if served is None:
             raise RuntimeError(f"{service_id} never became routable at full size")
         samples.append(served - started)
-        traces.append(trace(watcher, started, served, service_id))
+        traces.append(trace(watcher, started, served, f"+{service_id}"))
         time.sleep(0.3)
         client.agent.service.deregister(service_id)
         wait_until(lambda sid=service_id: sid not in watcher.config, f"{service_id} to leave", timeout=10)

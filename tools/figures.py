@@ -34,7 +34,9 @@ COMMIT = re.compile(r"`(?P<commit>[0-9a-f]{12})`<!--\s*bench:commit\s*-->")
 
 def value(result: dict[str, Any], key: str, stat: str) -> float:
     """A figure of the results by name: a latency's p50/p90/p99/max in ms, its min_s/max_s in
-    seconds, a ratio of medians (`top.bottom:ratio`), or a scalar of the figures (`scale:full_apply_ms`)."""
+    seconds, a ratio of medians (`top.bottom:ratio`), a scalar of the figures
+    (`scale.100x10:full_apply_ms`), or a percentile of samples among them
+    (`scale.1x10000.one_change_outside_s:p99`, in ms)."""
     samples: dict[str, list[float]] = result["samples"]
     if key in samples and stat in ("p50", "p90", "p99"):
         return report.percentile(samples[key], int(stat[1:]) / 100) * 1000
@@ -48,6 +50,10 @@ def value(result: dict[str, Any], key: str, stat: str) -> float:
     found: Any = result["figures"]
     for part in key.split("."):
         found = found[part]
+    if isinstance(found, list) and stat in ("p50", "p90", "p99"):
+        # samples among the figures: `..._s` lists hold seconds, quoted in ms like the latencies
+        figure = report.percentile(found, int(stat[1:]) / 100)
+        return figure * 1000 if key.endswith("_s") else figure
     figure = found[stat] if isinstance(found, dict) else found
     if isinstance(figure, list):
         raise KeyError(f"{key}:{stat} is a list of samples: quote a percentile of it")
@@ -79,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for document in DOCUMENTS:
         text = document.read_text()
-        new = rewrite(text, result)
+        try:
+            new = rewrite(text, result)
+        except (KeyError, ValueError) as error:
+            print(f"{document.relative_to(ROOT)} quotes a figure {RESULTS.relative_to(ROOT)} does not have: {error}",
+                  file=sys.stderr)
+            return 1
         if new != text:
             stale.append(document.relative_to(ROOT).as_posix())
             if not check:

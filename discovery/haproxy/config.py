@@ -64,17 +64,22 @@ def ordered_routes(state: DesiredState) -> list[tuple[Route, Service]]:
     )
 
 
-def server_arguments(text: str) -> dict[ServerKey, str]:
+def server_arguments(text: str, backends: set[str] | None = None) -> dict[ServerKey, str]:
     """`(backend, server) -> "addr:port options..."` from a rendered config: what `add server`
-    must be given so that a server added at run time is the one the file describes."""
+    must be given so that a server added at run time is the one the file describes. `backends`
+    limits it to those (a change touches a few of 500 backends: the rest is not split into words)."""
     found: dict[ServerKey, str] = {}
     backend = None
     for raw in text.splitlines():
+        if raw[:1].isspace() and backend is None:
+            continue  # inside a section that is not a wanted backend
         words = raw.split("#", 1)[0].split()
         if not words:
             continue
         if not raw[0].isspace():
             backend = words[1] if words[0] == "backend" and len(words) > 1 else None
+            if backends is not None and backend not in backends:
+                backend = None
         elif backend and words[0] == "server" and len(words) >= 3:
             found[ServerKey(backend, words[1])] = " ".join(words[2:])
     return found

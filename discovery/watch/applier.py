@@ -221,7 +221,7 @@ class Applier:
         draining = {k: d for k, d in self.draining.items() if d.instance not in steps.undrain}
         draining |= {ServerKey.of(i): Drain(i, now, now + self.settings.drain_timeout) for i in steps.drain}
         text = self.render(with_draining(state, [d.instance for d in draining.values()]))
-        arguments = server_arguments(text)
+        arguments = server_arguments(text, {ServerKey.of(i).backend for i in steps.add})
         if any(ServerKey.of(i) not in arguments for i in steps.add):
             return None  # a template naming backends its own way: a reload is the only way in
         timeline.mark("rendered")

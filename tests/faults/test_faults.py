@@ -77,6 +77,8 @@ def test_haproxy_worker_killed_comes_back_with_the_same_servers(stack, record):
     # The master exits with its worker; supervisord restarts HAProxy on the file on disk, which
     # lists exactly the live servers: a bounded blip, nothing lost.
     probe.check()
+    # Measured 1.8-3.9 s over the CI runs (tests/faults/results.json: 2.9 s; supervisord's
+    # restart plus HAProxy's start): 15 s is ~4x the slowest, a bound on a hang, not a target.
     assert recovered < 15
     record("HAProxy worker killed (-9)", f"{load.total} GETs, {load.rate:.0f}/s",
            f"{load.failed} (blip while HAProxy restarts)", f"{recovered:.1f} s", "0")
@@ -95,6 +97,8 @@ def test_compose_restart_ha_is_a_bounded_blip(stack, record):
     # Nothing listens between HAProxy's stop and its start in the new container: requests in that
     # window fail (connection refused or reset). It starts on the file it had, before Consul answers.
     window = max(load.failed_at) - min(load.failed_at) if load.failed_at else 0.0
+    # Measured: failures spread over 1.9-3.9 s and back 3.4 s after `restart` returned (results.json,
+    # and earlier CI runs); 10 s and 15 s are 2.5-4x the slowest seen.
     assert window < 10, f"failures spread over {window:.1f} s"
     assert recovered < 15
     record("`docker compose restart ha` (HAProxy and watcher restart)", load.summary,

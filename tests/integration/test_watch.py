@@ -199,6 +199,8 @@ def test_metrics_and_status_expose_what_the_watcher_did(consul_agent, webapps, s
     assert metrics['discovery_apply_seconds_count{method="runtime"}'] == runtime
     assert metrics['discovery_instances{service="web"}'] == 2
     assert metrics['discovery_consul_index{query="service web"}'] > 0
+    # Not a speed bound: a blocking query answers at least once per its wait (55 s here, plus Consul's
+    # jitter of up to 1/16 of it), so an answer older than 60 s means the watcher stopped asking.
     assert time.time() - metrics['discovery_consul_last_answer_timestamp_seconds{query="catalog"}'] < 60
     _, _, page = http_get(watcher.stats_port, "/metrics", headers=watcher.stats_credentials())  # HAProxy's own
     assert b"haproxy_backend_active_servers" in page

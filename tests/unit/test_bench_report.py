@@ -17,7 +17,7 @@ def run(**samples):
                                  "blocking_queries": 101, "idle_seconds": 60} for shape in report.SCALE_SHAPES},
                "balance": {"algorithm": "roundrobin", "servers": 10000, "requests": 20000, "answered": 20000,
                            "servers_listed": 10000, "never_used": 0, "fewest": 2, "most": 2},
-               "passing_to_routable_traces": [dict.fromkeys(dict(report.PHASES), 0.1)] * 5}
+               "traces": {row: [dict.fromkeys(dict(report.PHASES), 0.1)] * 5 for row in report.TRACED}}
     return {"samples": base | samples, "figures": figures, "skip_serf": False}
 
 
@@ -59,7 +59,7 @@ def test_a_complete_run_has_nothing_missing():
 def test_a_missing_row_or_a_sample_that_is_no_measurement_fails_the_run():
     result = run(kill_to_out_of_rotation=[])
     assert report.missing(result) == ["no samples for kill_to_out_of_rotation"]
-    nan = run(ready_to_routable=[0.01, float("nan")])
+    nan = run(ready_to_routable=[0.01, float("nan"), 0.01, 0.01, 0.01])
     assert report.missing(nan) == ["ready_to_routable: a sample is not a measurement"]
     idle = run()
     idle["figures"]["load_forced_reloads"]["requests"] = 0
@@ -67,7 +67,7 @@ def test_a_missing_row_or_a_sample_that_is_no_measurement_fails_the_run():
     del idle["figures"]["scale"]["500x20"]
     assert "no scale figures for 500x20" in report.missing(idle)
     untraced = run()
-    untraced["figures"]["passing_to_routable_traces"].pop()
+    untraced["figures"]["traces"]["passing_to_routable"].pop()
     assert report.missing(untraced) == ["passing_to_routable: not every sample has its trace"]
 
 
@@ -89,7 +89,9 @@ def test_one_change_at_scale_is_judged_against_the_small_service_p99_of_the_same
 
 
 def test_the_traces_table_shows_every_phase_in_order():
-    lines = report.trace_table([{key: float(k + 1) for k, (key, _) in enumerate(report.PHASES)}] * 3)
+    lines = report.trace_table("kill_to_out_of_rotation",
+                               [{key: float(k + 1) for k, (key, _) in enumerate(report.PHASES)}] * 3)
+    assert lines[1].startswith("| kill -9 → out of rotation: per-sample traces (n=3)")
     labels = [label for _, label in report.PHASES]
     assert [line.split(" | ")[0].lstrip("| ") for line in lines[3:]] == labels
     assert lines[3].endswith("| 1.00 | 1.00 | 1.00 |")  # 1 ms, shown in ms

@@ -181,6 +181,7 @@ def test_server_arguments_are_what_add_server_needs():
         ("be_web", "web-1"): "10.0.0.1:8080 check inter 2s fall 2 rise 2",
         ("be_api", "api-3"): "10.0.0.3:8080 check inter 2s fall 2 rise 2",
     }
+    assert server_arguments(text, {"be_api"}) == {("be_api", "api-3"): "10.0.0.3:8080 check inter 2s fall 2 rise 2"}
 
 
 def test_a_rendered_file_reads_back_as_the_services_it_serves():
