@@ -111,11 +111,17 @@ class Load(Background):
     socket); any error or non-200 counts as failed.
 
     Used as a context manager around a change: `failed` must stay 0 for clients that were not
-    talking to a removed instance."""
+    talking to a removed instance. A zero means something only if load was sent: the block's end
+    waits (10 s at most) until `at_least` requests have been made, and `assert_no_failure` checks
+    both. 100 is far below what any case sends (the fault suite's smallest was 512 requests, at
+    330 a second or more, tests/faults/results.json), so it costs a case nothing unless the load
+    never ran."""
 
-    def __init__(self, port: int, path: str = "/", clients: int = 4, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, path: str = "/", clients: int = 4, host: str = "127.0.0.1",
+                 at_least: int = 100) -> None:
         self.url = f"http://{host}:{port}{path}"
         self.clients = clients
+        self.at_least = at_least
         self.outcomes: Counter[str] = Counter()
         self.errors: list[str] = []
         self.failed_at: list[float] = []  # time.monotonic() of each failure
@@ -153,6 +159,16 @@ class Load(Background):
     @property
     def failed(self) -> int:
         return self.total - self.outcomes["ok"]
+
+    def __exit__(self, *exc: object) -> None:
+        deadline = time.monotonic() + 10
+        while self.total < self.at_least and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        super().__exit__(*exc)
+
+    def assert_no_failure(self) -> None:
+        assert self.total >= self.at_least, f"only {self.total} requests were sent: a zero proves nothing"
+        assert self.failed == 0, (self.outcomes, self.errors)
 
     @property
     def summary(self) -> str:

@@ -36,7 +36,8 @@ def value(result: dict[str, Any], key: str, stat: str) -> float:
     """A figure of the results by name: a latency's p50/p90/p99/max in ms, its min_s/max_s in
     seconds, a ratio of medians (`top.bottom:ratio`), a scalar of the figures
     (`scale.100x10:full_apply_ms`), or a percentile of samples among them
-    (`scale.1x10000.one_change_outside_s:p99`, in ms)."""
+    (`scale.1x10000.one_change_outside_s:p99`, in ms; `traces.kill_to_out_of_rotation.seen:p50`,
+    a phase of the per-sample traces, in ms)."""
     samples: dict[str, list[float]] = result["samples"]
     if key in samples and stat in ("p50", "p90", "p99"):
         return report.percentile(samples[key], int(stat[1:]) / 100) * 1000
@@ -49,7 +50,8 @@ def value(result: dict[str, Any], key: str, stat: str) -> float:
         return statistics.median(samples[top]) / statistics.median(samples[bottom])
     found: Any = result["figures"]
     for part in key.split("."):
-        found = found[part]
+        # a phase of per-sample traces (`traces.passing_to_routable.seen`): its values, one a sample
+        found = [sample[part] for sample in found] if isinstance(found, list) else found[part]
     if isinstance(found, list) and stat in ("p50", "p90", "p99"):
         # samples among the figures: `..._s` lists hold seconds, quoted in ms like the latencies
         figure = report.percentile(found, int(stat[1:]) / 100)

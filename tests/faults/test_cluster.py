@@ -107,7 +107,7 @@ def test_leader_killed_blocking_queries_go_on_and_no_request_fails(stack, record
         wait_until(lambda: serving_matches(3), "a third web app served", timeout=30)
         time.sleep(1)
     probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     lost_queries = watcher_metric("discovery_consul_errors_total") - errors
     assert lost_queries == 0, "the watcher's blocking queries failed during the election"
     STACK.run("start", victim)

@@ -59,7 +59,7 @@ def test_watcher_killed_haproxy_keeps_serving_and_no_needless_reload(stack, reco
         wait_until(serving_matches, "the watcher's view to match the containers")
         time.sleep(0.5)
     probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     assert reloads() == before, "a restarted watcher must adopt what HAProxy runs, not reload it"
     record("watcher killed (-9), restarted by supervisord", f"{load.total} GETs, {load.rate:.0f}/s",
            str(load.failed), f"{recovered:.1f} s", "0")
@@ -121,7 +121,7 @@ def test_socket_proxy_stopped_breaks_the_event_stream_and_nothing_is_missed(stac
         recovered = time.monotonic() - back
         time.sleep(0.5)
     probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     logs = STACK.run("logs", "--no-color", "registrator").stdout
     assert "Docker event stream broken" in logs
     STACK.run("rm", "-f", check=False)

@@ -66,7 +66,7 @@ def test_consul_stopped_for_30s_then_restarted(stack, record, wiped):
         recovered = time.monotonic() - back
         time.sleep(1)
     probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     # Wiped: the registrator re-registers at once (it follows Consul), and the shrink guard holds
     # the moment Consul knows no instance. Kept: checks restart critical; the guard holds that too.
     assert stack.watcher.reloads() - reloads <= 1, "no reload storm"
@@ -104,7 +104,7 @@ def test_consul_index_goes_backwards_on_snapshot_restore(short_waits, record, tm
         recovered = time.monotonic() - restored
         time.sleep(0.5)
     probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     assert stack.ours() == before
     # The registrator's own short query (5 s) sees the index go back and registers everything
     # anew — when it answers before the leader's first write after the restore lifts the index
@@ -132,7 +132,7 @@ def test_consul_index_stuck_at_zero_is_rate_limited_and_changes_get_through(tmp_
             wait_until(stack.whole, "things whole again", timeout=30)
             time.sleep(0.5)
         probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     # Two queries (the catalog and the service), each pausing QueryRules.min_interval (50 ms) after an
     # answer that made no progress: 2 x 20 answers a second, a few more for the answers bringing
     # a change (not paused): not a busy loop. Measured 36-38 a second (results.json: 36): 45 is
@@ -163,7 +163,7 @@ def test_registrator_killed_while_containers_start_and_stop(stack, record):
         recovered = time.monotonic() - restarted
         time.sleep(0.5)
     probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     services = client.agent.services()
     assert "foreign-1" in services and "other-owner-1" in services, "touched what it does not own"
     record("registrator killed (-9) while 2 containers stop and 2 start, then restarted", load.summary,
@@ -217,7 +217,7 @@ def test_docker_event_stream_broken_resumes_without_missing_events(tmp_path, doc
     finally:
         proxy.kill()
     probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     assert "Docker event stream broken" in log
     record("Docker event stream broken (proxy to the Docker socket killed 2 s) while 1 container stops and 1 "
            "starts", load.summary, str(load.failed), f"{recovered:.1f} s after the stream is back; missed events "
@@ -272,7 +272,7 @@ def test_bad_template_invalid_config_and_unwritable_output_keep_the_last_good_co
                 wait_until(lambda: len(stack.ours_running()) == 3 and stack.whole(), "the fix applied", timeout=30)
                 recovered = time.monotonic() - fixed
             probe.check()
-            assert load.failed == 0, (load.outcomes, load.errors)
+            load.assert_no_failure()
             record(f"{what} while containers change", load.summary, str(load.failed),
                    f"{recovered:.1f} s after the fix; last good config kept, {metric} +1", "0")
 
@@ -302,7 +302,7 @@ def test_backend_flapping_every_100ms_for_30s_is_bounded(stack, record):
     finally:
         apps.stop_all()
     probe.check()
-    assert load.failed == 0, (load.outcomes, load.errors)
+    load.assert_no_failure()
     assert stack.watcher.reloads() == reloads, "a flapping instance must never reload HAProxy"
     # Changes are batched: at most one apply per --wait-min (100 ms) of quiet, whatever Consul does.
     bound = FLAP_FOR / 0.1
