@@ -365,5 +365,10 @@ def test_backend_answering_500_is_taken_out_by_health_checks(stack, record, tmp_
     # (results.json: 0.5 s); 3 s is ~4x the slowest.
     assert out < 3, "Consul checks every 500 ms; the watcher follows within milliseconds"
     assert all(t <= failing + out + 0.5 for t in load.failed_at), "failures after it was taken out"
+    # The failures are the requests round robin gave it (1 in 4) while it was in rotation, plus
+    # those already in flight: measured 12-373 (results.json: 184 at 1,762/s, out in 0.5 s, where
+    # this bound is 440). A bound of our own, not the blind count it used to be.
+    bound = load.rate / 4 * (out + 0.5)
+    assert load.failed <= bound, f"{load.failed} failed, more than the 1 in 4 of {out + 0.5:.1f} s ({bound:.0f})"
     record("one of 4 instances starts answering 500 (and its health check too)", load.summary,
            f"{load.failed} (500s sent to it before it was taken out)", f"{out:.1f} s to take it out", "0")
