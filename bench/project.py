@@ -90,14 +90,18 @@ def trace(watcher: Watcher, started: float, seen: float, change: str) -> dict[st
         moments = wait_until(applied, f"the watcher's apply of {change}", timeout=2, every=0.01)
     except AssertionError as error:
         raise BenchError(str(error)) from None
-    points = [("started", started), *moments.items()]
-    if any(later < earlier for (_, earlier), (_, later) in itertools.pairwise(points)) or seen < started:
-        raise BenchError(f"the timeline of {change} is out of order: {points}, seen at {seen}")
-    phases = {later: (at - before) * 1000 for (_, before), (later, at) in itertools.pairwise(points)}
-    # HAProxy applies a command before its answer is back at the watcher, which marks `haproxy`
-    # then: a poll of HAProxy's state can see the outcome that much earlier (a drain, ~1 ms).
-    # Such a sample's last phase is 0; its total (the row's figure) is measured from outside.
-    phases["seen"] = max(0.0, seen - points[-1][1]) * 1000
+    points = list(moments.items())
+    if any(later < earlier for (_, earlier), (_, later) in itertools.pairwise(points)):
+        raise BenchError(f"the watcher's timeline of {change} is out of order: {points}")
+    # Where two clocks' events meet, the order is not guaranteed, and a phase is then 0, never
+    # negative; the sample's total (the row's figure) is measured from outside all the same:
+    # - HAProxy applies a command before its answer is back at the watcher, which marks `haproxy`
+    #   then: a poll of HAProxy's state can see a drain that much earlier (~1 ms);
+    # - the registrator's readiness probe may see a container ready a moment before ours does.
+    first, last = points[0][1], points[-1][1]
+    phases = {points[0][0]: max(0.0, first - started) * 1000}
+    phases |= {later: (at - before) * 1000 for (_, before), (later, at) in itertools.pairwise(points)}
+    phases["seen"] = max(0.0, seen - last) * 1000
     return phases
 
 
