@@ -66,3 +66,28 @@ def test_fault_results_record_commit_machine_and_every_case():
 
 def test_fault_results_page_is_made_from_its_results():
     assert (ROOT / "tests" / "faults" / "RESULTS.md").read_text() == faults_report.page(FAULTS)
+
+
+def test_what_the_documents_conclude_from_the_figures_holds_in_todays_results():
+    """Prose built on figures (REPORT's "Honest limits", ADR 0012) checked against them, so that a
+    new run that turns a conclusion around fails here instead of leaving it standing."""
+    def p(key, stat="p50"):
+        return figures.value(BENCH, key, stat)
+
+    # REPORT: round robin and the probe alone, over Consul's wake-up, already exceed twice the
+    # floor the passing → routable target names: no watcher could meet it as measured.
+    for stat in ("p50", "p99"):
+        assert p("consul_wake", stat) + p("runtime_first_request", stat) > \
+            2 * (p("consul_wake", stat) + p("runtime_add_enable", stat)), stat
+    # ADR 0012: every one of 10,000 servers used, evenly.
+    balance = BENCH["figures"]["balance"]
+    assert balance["servers"] == 10_000 and balance["never_used"] == 0 and balance["fewest"] == balance["most"]
+    # ... at 1 x 10,000, HAProxy's two parses of a full apply are over the 1 s by themselves, and
+    # Consul's answer is most of one change; at 500 x 20 the watcher's own pass is.
+    assert 2 * BENCH["figures"]["scale"]["1x10000"]["haproxy_check_ms"] > 1000
+    assert p("traces.passing_to_routable.seen") > 0  # the phase exists and is measured
+    assert p("scale.1x10000.one_change_outside_traces.consul_answered") > p("scale.1x10000.one_change_outside_s") / 2
+    ours = p("scale.500x20.one_change_outside_traces.decided") + p("scale.500x20.one_change_outside_traces.rendered")
+    assert ours > p("scale.500x20.one_change_outside_s") / 2
+    # ADR 0008's addendum and REPORT: most of kill → out of rotation passes before the watcher hears.
+    assert p("traces.kill_to_out_of_rotation.consul_answered") > p("kill_to_out_of_rotation") / 2
