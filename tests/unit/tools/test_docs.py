@@ -11,7 +11,7 @@ from discovery import acl
 from discovery.register.labels import LABELS
 from discovery.register.main import build_parser as registrator_parser
 from discovery.watch.main import build_parser as watcher_parser
-from tools import docs, lab
+from tools import cluster, docs, lab
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 
@@ -21,9 +21,12 @@ ROOT = DOCS.parent
 OTHER_VARIABLES = {"DISCOVERY_STATS_PASSWORD", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"}
 OTHER_VARIABLES |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "compose.yaml").read_text()))
 # Flags of commands that are not ours, and the file that proves each one: checked below too.
-OTHER_FLAGS = {"--profile": "compose.yaml", "--scale": "compose.yaml", "--quick": "bench/__main__.py"}
-# Each proof as the file writes it: compose's own usage comment, bench's argparse definition.
-PROOF = {"--profile": "--profile cluster", "--scale": "--scale webapp", "--quick": '"--quick"'}
+OTHER_FLAGS = {"--profile": "compose.yaml", "--scale": "compose.yaml", "--quick": "bench/__main__.py",
+               "--check": "tools/figures.py", "--net": "tools/cluster.py"}
+# Each proof as the file writes it: compose's own usage comment, bench's argparse definition,
+# the figures tool's own test of its argument, nsenter's as the cluster tool calls it.
+PROOF = {"--profile": "--profile cluster", "--scale": "--scale webapp", "--quick": '"--quick"',
+         "--check": '"--check" in', "--net": '"nsenter", f"--net='}
 
 
 def known(everything: bool = True) -> tuple[set[str], set[str]]:
@@ -33,7 +36,7 @@ def known(everything: bool = True) -> tuple[set[str], set[str]]:
     variables = {label.env for label in LABELS if label.env}
     parsers = [watcher_parser({}), registrator_parser({}), acl.build_parser({})]
     if everything:
-        parsers += [lab.build_parser({}), webapp.build_parser()]
+        parsers += [lab.build_parser({}), webapp.build_parser(), cluster.build_parser()]
     parsers += [sub for parser in parsers for sub in docs._subcommands(parser).values()]
     for parser in parsers:
         flags |= {flag for action in parser._actions for flag in action.option_strings}
