@@ -113,9 +113,9 @@ class Load(Background):
     Used as a context manager around a change: `failed` must stay 0 for clients that were not
     talking to a removed instance. A zero means something only if load was sent: the block's end
     waits (10 s at most) until `at_least` requests have been made, and `assert_no_failure` checks
-    both. 100 is far below what any case sends (the fault suite's smallest was 512 requests, at
-    330 a second or more, tests/faults/results.json), so it costs a case nothing unless the load
-    never ran."""
+    both. 100 is far below what any case sends (the fault suite's smallest was 428 requests, at
+    290 a second or more, tests/faults/results.json at 5f873ae), so it costs a case nothing unless
+    the load never ran."""
 
     def __init__(self, port: int, path: str = "/", clients: int = 4, host: str = "127.0.0.1",
                  at_least: int = 100) -> None:
