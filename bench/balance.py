@@ -62,9 +62,11 @@ async def _measure(workdir: Path, rounds: int) -> dict[str, object]:
     try:
         for _ in range(600):  # until HAProxy's first checks have run on every server (inter 2s)
             stats = await runtime.stats()
-            if sum(1 for s in stats.values() if s.status.startswith("UP")) == SERVERS:
+            if (up := sum(1 for s in stats.values() if s.status.startswith("UP"))) == SERVERS:
                 break
             await asyncio.sleep(0.1)
+        else:  # a server down would show as "never used" and blame the balancing
+            raise RuntimeError(f"only {up} of {SERVERS} servers UP after 60 s: the measurement cannot be taken")
         answered = await asyncio.to_thread(_send, http_port, rounds * SERVERS)
         text = await runtime.command("show stat")
     finally:

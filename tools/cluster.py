@@ -21,6 +21,7 @@ the `Cluster` class is the IO around it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -52,7 +53,7 @@ class Host:
     netns: str
     veth: str  # its end of the link, in this machine's namespace (the other is eth0 inside)
     address: str  # on the simulated LAN
-    docker_subnet: str  # its engine's default bridge (--bip): distinct per host, like real hosts
+    docker_subnet: str  # its engine's default bridge (--bip): private, distinct per host, like real hosts
     data_root: str
     exec_root: str
     socket: str
@@ -82,7 +83,7 @@ def layout(count: int) -> Layout:
         run = STATE_DIR / name
         hosts.append(Host(
             name=name, netns=f"{PREFIX}-{name}", veth=f"{PREFIX}-{name}", address=f"{NETWORK}.{10 + i}",
-            docker_subnet=f"172.{39 + i}.0.1/24", data_root=str(DATA_DIR / name), exec_root=str(run / "exec"),
+            docker_subnet=f"10.214.{i}.1/24", data_root=str(DATA_DIR / name), exec_root=str(run / "exec"),
             socket=str(run / "docker.sock"), pidfile=str(run / "docker.pid"), log=str(run / "dockerd.log"),
         ))
     return Layout(bridge=f"{PREFIX}-br0", gateway=f"{NETWORK}.1", prefix_length=24, hosts=tuple(hosts))
@@ -122,15 +123,29 @@ class Record:
     def load(cls, path: Path) -> Record | None:
         try:
             data = json.loads(path.read_text())
+            plan = data["layout"]
+            hosts = tuple(Host(**host) for host in plan.pop("hosts"))
+            return cls(Layout(**plan, hosts=hosts), data["hosts"], data["bridge"], data["forward_rule"])
         except FileNotFoundError:
             return None
-        plan = data["layout"]
-        hosts = tuple(Host(**host) for host in plan.pop("hosts"))
-        return cls(Layout(**plan, hosts=hosts), data["hosts"], data["bridge"], data["forward_rule"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ClusterError(f"{path} is not a record of this tool ({error}): remove it, and what it made, "
+                               "by hand") from None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=2))
+
+
+ALREADY_GONE = ("Cannot find", "No such", "does a matching rule exist")
+
+
+def _undo(*command: str) -> list[str]:
+    """Run a removal; what went wrong, unless what it removes is gone already."""
+    done = _run(*command, check=False)
+    if done.returncode == 0 or any(gone in done.stderr for gone in ALREADY_GONE):
+        return []
+    return [f"{' '.join(command)}: {done.stderr.strip()}"]
 
 
 class Cluster:
@@ -223,25 +238,28 @@ class Cluster:
             if host.name not in made.hosts:
                 continue
             problems += self._stop_engine(host)
-            for step in (("ip", "link", "del", host.veth), ("ip", "netns", "del", host.netns)):
-                done = _run(*step, check=False)
-                if done.returncode != 0 and "Cannot find" not in done.stderr and "No such" not in done.stderr:
-                    problems.append(f"{' '.join(step)}: {done.stderr.strip()}")
+            problems += _undo("ip", "link", "del", host.veth)
+            problems += _undo("ip", "netns", "del", host.netns)
             shutil.rmtree(host.data_root, ignore_errors=True)
         if made.forward_rule:
-            _run("iptables", "-D", "FORWARD", "-i", plan.bridge, "-o", plan.bridge, "-j", "ACCEPT", check=False)
+            problems += _undo("iptables", "-D", "FORWARD", "-i", plan.bridge, "-o", plan.bridge, "-j", "ACCEPT")
         if made.bridge:
-            _run("ip", "link", "del", plan.bridge, check=False)
+            problems += _undo("ip", "link", "del", plan.bridge)
         if not problems:
             shutil.rmtree(self.state_file.parent, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                DATA_DIR.rmdir()  # only when empty: nothing of anybody else's goes
             self.record = None
         return problems
 
     def _stop_engine(self, host: Host) -> list[str]:
         try:
             pid = int(Path(host.pidfile).read_text())
-        except (FileNotFoundError, ValueError):
-            return []
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return []  # no pid file, or no such process any more
+        if b"dockerd" not in command[0] or host.docker_host.encode() not in command:
+            return []  # the pid is somebody else's now: never signal it
         # Containers first, so that their mounts and veths go with them; then the engine.
         ids = _run("docker", "-H", host.docker_host, "ps", "-aq", check=False).stdout.split()
         if ids:

@@ -8,6 +8,7 @@ filter is there for templates that print free text.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,6 +113,9 @@ def served_state(text: str) -> DesiredState:
                               for service, found in sorted(instances.items())))
 
 
+Stamp = tuple[tuple[str, int], ...]
+
+
 class Renderer:
     """Loads the template on every render so that an edited template is picked up live."""
 
@@ -128,12 +132,20 @@ class Renderer:
         )
         self._env.filters["quote"] = quote
 
-    def stamp(self) -> int | None:
-        """The template file's modification time (ns): equal stamps render equal states equally."""
+    def stamp(self) -> Stamp | None:
+        """Modification times (ns) of the template and of every template it has loaded (includes,
+        imports, a base it extends): equal stamps render equal states equally. None: unknown."""
+        files = {str(self.template)} | {t.filename for t in (self._env.cache or {}).values() if t.filename}
         try:
-            return self.template.stat().st_mtime_ns
+            return tuple(sorted((name, os.stat(name).st_mtime_ns) for name in files))
         except OSError:
             return None
+
+    def render_stamped(self, state: DesiredState, settings: RenderSettings) -> tuple[str, Stamp | None]:
+        """A render and the stamp it was made with; None when a template changed meanwhile."""
+        before = self.stamp()
+        text = self.render(state, settings)
+        return text, before if before is not None and self.stamp() == before else None
 
     def render(self, state: DesiredState, settings: RenderSettings) -> str:
         try:

@@ -33,7 +33,7 @@ from discovery.register.sync import owned, same, sync_plan
 log = logging.getLogger("discovery.register")
 
 # The readiness probe: quick while a container usually starts, then easy on one that never does.
-PROBE_FAST, PROBE_FAST_FOR, PROBE_SLOW = 0.01, 5.0, 0.1  # seconds
+PROBE_FAST, PROBE_FAST_FOR, PROBE_SLOW = 0.01, 2.0, 0.05  # seconds
 
 
 class Registrator:

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from discovery import metrics
-from discovery.files import sync_directory, write_atomic
+from discovery.files import write_atomic
 from discovery.haproxy.binary import validate
 from discovery.haproxy.config import (
     Renderer,
     RenderSettings,
+    Stamp,
     TemplateError,
     file_servers,
     served_state,
@@ -32,13 +33,13 @@ from discovery.haproxy.sockets import HAProxySockets
 from discovery.model import DesiredState, ServerKey
 from discovery.watch.drain import Drain, DrainStep, drain_step
 from discovery.watch.plan import Change, Membership, diff, membership, with_draining
+from discovery.watch.post_check import PostCheck
 from discovery.watch.reload_cap import ReloadCap
 from discovery.watch.timeline import Timeline
 
 log = logging.getLogger("discovery.watch")
 
 APPLY_ERRORS = (TemplateError, ConfigInvalid, HAProxyError, OSError)
-POST_CHECK_QUIET = 0.5  # seconds of no Runtime API change before the written file is validated
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +72,14 @@ class Applier:
         # first apply): the shrink guard's "before", so a restart does not forget what ran.
         self.adopted: DesiredState | None = None
         self.loaded: str | None = None  # the text HAProxy is known to run
-        # The template's stamp when `loaded` was rendered (None: not rendered here, e.g. adopted).
-        self._loaded_stamp: int | None = None
+        # The templates' stamp when `loaded` was rendered (None: unknown, e.g. an adopted file).
+        self._loaded_stamp: Stamp | None = None
         self.draining: dict[ServerKey, Drain] = {}
         self._reload_cap = ReloadCap(settings.max_reloads_per_minute)
         self.last_apply: dict[str, object] | None = None
         self.last_error: dict[str, object] | None = None
         self._lock = asyncio.Lock()  # applies and drain completions never interleave
-        self._unchecked = asyncio.Event()  # a file was written for a Runtime API change: check it
+        self.post_check = PostCheck(settings.output, settings.haproxy_bin, lambda: self.loaded)
 
     # --- start-up
 
@@ -158,7 +159,7 @@ class Applier:
                                    "timeline": timeline.as_status()}
             self._export(state)
             if outcome.action == "runtime":
-                self._unchecked.set()
+                self.post_check.due()
             return outcome
 
     @property
@@ -215,12 +216,13 @@ class Applier:
             return None
         if not self._renders_as_loaded(self._serving(self.applied)):
             return None  # the template changed too: only a reload applies it
-        stamp = self.renderer.stamp()
         # The drains this change makes, kept aside until it has been applied.
         now = time.monotonic()
         draining = {k: d for k, d in self.draining.items() if d.instance not in steps.undrain}
         draining |= {ServerKey.of(i): Drain(i, now, now + self.settings.drain_timeout) for i in steps.drain}
-        text = self.render(with_draining(state, [d.instance for d in draining.values()]))
+        text, stamp = self._render_stamped(with_draining(state, [d.instance for d in draining.values()]))
+        if stamp is None:
+            return None  # the template changed while rendering: only a reload applies it
         arguments = server_arguments(text, {ServerKey.of(i).backend for i in steps.add})
         if any(ServerKey.of(i) not in arguments for i in steps.add):
             return None  # a template naming backends its own way: a reload is the only way in
@@ -252,8 +254,7 @@ class Applier:
         # Drains of backends that are gone end with the reload: the old worker finishes them.
         services = {s.name for s in state.services}
         draining = {k: d for k, d in self.draining.items() if d.instance.service in services}
-        stamp = self.renderer.stamp()
-        text = self.render(with_draining(state, [d.instance for d in draining.values()]))
+        text, stamp = self._render_stamped(with_draining(state, [d.instance for d in draining.values()]))
         if text == self.loaded:  # before `haproxy -c`: most empty changes end here, for free
             self.draining, self._loaded_stamp = draining, stamp
             return Outcome(True, "unchanged")
@@ -264,7 +265,7 @@ class Applier:
             # Nothing to reload: HAProxy loads this file when it starts (its supervisor may be
             # waiting for exactly this file). What it runs stays unknown until it answers.
             self._write(text)
-            self.draining, self.loaded = draining, None
+            self.draining, self.loaded, self._loaded_stamp = draining, None, None
             return Outcome(True, "written")
         await self._respect_reload_cap()  # before anything is written: the file never runs ahead
         await self._save_server_state()
@@ -283,42 +284,25 @@ class Applier:
         self.draining, self.loaded, self._loaded_stamp = draining, text, stamp
         return Outcome(True, "reload")
 
-    async def check_written(self, quiet: float = POST_CHECK_QUIET) -> None:
-        """Runs for ever: once Runtime API changes have been quiet for `quiet` s, make the
-        written file's rename durable and validate it. Off the fast path: `haproxy -c` costs
-        ~30 ms of CPU, which competed with HAProxy serving a new server its first requests (the
-        benchmark's traces). A file that differs from a validated one only by server lines of
-        validated values cannot break; if it ever does, say so loudly: a reload would refuse it."""
-        while True:
-            await self._unchecked.wait()
-            await asyncio.sleep(quiet)
-            self._unchecked.clear()
-            await self.post_check()
-
-    async def post_check(self) -> None:
-        if (text := self.loaded) is None:
-            return
-        try:
-            sync_directory(self.settings.output.parent)
-            await validate(text, self.settings.haproxy_bin, self.settings.output.parent)
-        except APPLY_ERRORS as error:
-            log.error("the config written for a Runtime API change does not validate (%s): %s",
-                      type(error).__name__, error)
-            metrics.APPLY_ERRORS.labels("post-check").inc()
-
     def _renders_as_loaded(self, serving: DesiredState) -> bool:
         """Whether the template renders `serving` (what HAProxy runs) as `loaded`: the template's
         stamp answers without a render (28 ms at 10,000 instances) once one render confirmed it."""
+        if self.loaded is None:
+            return False
         stamp = self.renderer.stamp()
         if stamp is not None and stamp == self._loaded_stamp:
             return True
-        same = self.render(serving) == self.loaded
+        text, stamp = self._render_stamped(serving)
+        same = text == self.loaded
         self._loaded_stamp = stamp if same else None
         return same
 
+    def _render_stamped(self, state: DesiredState) -> tuple[str, Stamp | None]:
+        return self.renderer.render_stamped(state, self.settings.render)
+
     def _write(self, text: str, durable: bool = True) -> None:
         """`durable=False` (Runtime API path): the data is on disk before the rename, the rename
-        is made durable by `check_written` a moment later; a power cut before that leaves the
+        is made durable by the post-check a moment later; a power cut before that leaves the
         previous file, which a restarted watcher reconciles like any other."""
         # The stats page's password is in the file: readable by HAProxy's group, not by all.
         write_atomic(self.settings.output, text, 0o640 if self.settings.render.stats_password else None,
@@ -382,9 +366,7 @@ class Applier:
             # applies the edit writes it.
             try:
                 if self._renders_as_loaded(with_draining(self.applied, before)):
-                    stamp = self.renderer.stamp()
-                    self.loaded = self.render(self._serving(self.applied))
-                    self._loaded_stamp = stamp
+                    self.loaded, self._loaded_stamp = self._render_stamped(self._serving(self.applied))
                     self._write(self.loaded)
             except APPLY_ERRORS as error:
                 log.error("config not rewritten after drains (%s): %s", type(error).__name__, error)

@@ -66,7 +66,7 @@ async def watch(config: WatcherConfig) -> int:
             group.create_task(catalog.run(), name="catalog")
             group.create_task(_apply_loop(config, applier, mailbox, managed, guard), name="apply")
             group.create_task(_drain_loop(applier), name="drain")
-            group.create_task(applier.check_written(), name="post-check")
+            group.create_task(applier.post_check.run(), name="post-check")
             if managed:
                 group.create_task(managed.supervise(), name="haproxy")
             if settings.template != DEFAULT_TEMPLATE:

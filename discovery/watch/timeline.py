@@ -19,6 +19,9 @@ class Timeline:
         self.moments: dict[str, float] = dict(moments)
 
     def mark(self, name: str) -> None:
+        """A moment now; marked again (a Runtime API change that fell back to a reload), it moves
+        to the end, so that phases stay in the order things happened."""
+        self.moments.pop(name, None)
         self.moments[name] = time.monotonic()
 
     def phases_ms(self) -> dict[str, float]:

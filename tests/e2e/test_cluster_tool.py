@@ -36,10 +36,11 @@ def leader(address: str) -> str:
 def test_simulated_hosts_have_engines_of_their_own_reach_each_other_and_go_away_entirely():
     for binary in ("ip", "nsenter", "dockerd"):
         require(binary)
+    assert not (cluster.STATE_DIR / "state.json").exists(), "a simulated cluster is up already: not ours to remove"
     h1, h2 = cluster.layout(2).hosts
     up = tool("up", "--hosts", "2")
+    assert up.returncode == 0, up.stderr  # a failed `up` removes what it made by itself
     try:
-        assert up.returncode == 0, up.stderr
         # A published port on h1, answered at h1's own address from this machine ...
         docker(h1, "run", "-d", "--name", "probe", "-p", "8500:8500", "hashicorp/consul:1.8.7", "agent", "-dev",
                "-client", "0.0.0.0")
@@ -61,4 +62,4 @@ def test_simulated_hosts_have_engines_of_their_own_reach_each_other_and_go_away_
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert cluster.PREFIX + "-" not in links + namespaces
-    assert not Path(h1.pidfile).exists() and not Path(h1.data_root).exists()
+    assert not Path(h1.pidfile).exists() and not cluster.DATA_DIR.exists() and not cluster.STATE_DIR.exists()

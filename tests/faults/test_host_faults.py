@@ -366,9 +366,11 @@ def test_backend_answering_500_is_taken_out_by_health_checks(stack, record, tmp_
     assert out < 3, "Consul checks every 500 ms; the watcher follows within milliseconds"
     assert all(t <= failing + out + 0.5 for t in load.failed_at), "failures after it was taken out"
     # The failures are the requests round robin gave it (1 in 4) while it was in rotation, plus
-    # those already in flight: measured 12-373 (results.json: 158 at 1,540/s, out in 0.4 s, where
-    # this bound is 347, at 5f873ae; 184 against 440 at eb68bb5). Set from those, with their margin.
-    bound = load.rate / 4 * (out + 0.5)
-    assert load.failed <= bound, f"{load.failed} failed, more than the 1 in 4 of {out + 0.5:.1f} s ({bound:.0f})"
+    # those in flight: measured 12-373 (results.json: 158 at 1,540/s, out in 0.4 s, at 5f873ae; 184
+    # at 1,762/s, out in 0.5 s, at eb68bb5). The bound adds 1 s to the time in rotation (539 and
+    # 661 for those two runs: over 3x what was measured), as the average rate may understate the
+    # rate while fast 500s were answered.
+    bound = load.rate / 4 * (out + 1.0)
+    assert load.failed <= bound, f"{load.failed} failed, more than the 1 in 4 of {out + 1.0:.1f} s ({bound:.0f})"
     record("one of 4 instances starts answering 500 (and its health check too)", load.summary,
            f"{load.failed} (500s sent to it before it was taken out)", f"{out:.1f} s to take it out", "0")

@@ -133,12 +133,12 @@ async def test_a_runtime_change_is_validated_after_it_is_applied_not_before(hapr
     phases = applier.last_apply["timeline"]["phases_ms"]
     assert list(phases) == ["rendered", "written", "haproxy"] and all(ms >= 0 for ms in phases.values())
     # Left to the post-check, off the fast path: a file HAProxy would refuse is said there.
-    assert applier._unchecked.is_set()
+    assert applier.post_check.pending.is_set()
     before = post_check_errors()
-    await applier.post_check()
+    await applier.post_check.check()
     assert post_check_errors() == before
     applier.loaded = "this is not a config\n"
-    await applier.post_check()
+    await applier.post_check.check()
     assert post_check_errors() == before + 1
 
 
@@ -156,3 +156,32 @@ async def test_a_template_edited_between_two_runtime_changes_makes_the_second_a_
     os.utime(template, ns=(time.time_ns() + 10**9,) * 2)  # a later stamp even on a coarse clock
     assert (await applier.apply(states[2], ["and another"])).action == "reload"
     assert managed.config.read_text().endswith("# edited\n")
+
+
+async def test_an_edit_to_an_included_template_alone_makes_the_next_change_a_reload(haproxy, tmp_path):
+    managed, ports = haproxy
+    (tmp_path / "part.cfg.j2").write_text(DEFAULT_TEMPLATE.read_text())
+    template = tmp_path / "mine.cfg.j2"
+    template.write_text('{% include "part.cfg.j2" %}')
+    applier = applier_for(managed, tmp_path, ports, template)
+    await applier.attach()
+    web = [Instance("web", f"web-{n}", "127.0.0.1", free_port()) for n in (1, 2, 3, 4)]
+    states = [DesiredState((Service("web", tuple(web[:n]), is_default=True),)) for n in (1, 2, 3, 4)]
+    await applier.apply(states[0], ["first"])
+    await applier.apply(states[1], ["the include now known to the stamp"])
+    assert (await applier.apply(states[2], ["one more"])).action == "runtime"
+    part = tmp_path / "part.cfg.j2"
+    part.write_text(part.read_text() + "# edited\n")
+    os.utime(part, ns=(time.time_ns() + 10**9,) * 2)
+    assert (await applier.apply(states[3], ["and another"])).action == "reload"
+    assert managed.config.read_text().endswith("# edited\n")
+
+
+async def test_with_haproxy_not_known_to_run_a_file_is_never_taken_as_what_it_runs(haproxy, tmp_path):
+    managed, ports = haproxy
+    applier = applier_for(managed, tmp_path, ports)
+    await applier.attach()
+    await applier.apply(DesiredState((Service("web", (Instance("web", "web-1", "127.0.0.1", free_port()),),
+                                              is_default=True),)), ["first"])
+    applier.loaded, applier._loaded_stamp = None, None  # what the "written" path leaves
+    assert not applier._renders_as_loaded(applier.served)

@@ -14,3 +14,10 @@ def test_a_mark_is_taken_on_the_monotonic_clock():
     timeline = Timeline(start=time.monotonic())
     timeline.mark("end")
     assert 0 <= timeline.phases_ms()["end"] < 1000
+
+
+def test_a_moment_marked_again_moves_to_the_end_so_no_phase_is_negative():
+    timeline = Timeline(taken=1.0, rendered=1.001, written=1.002)
+    timeline.mark("rendered")  # the Runtime API path gave up: the reload path renders again
+    assert list(timeline.moments) == ["taken", "written", "rendered"]
+    assert all(ms >= 0 for ms in timeline.phases_ms().values())
